@@ -1,0 +1,40 @@
+"""Prepaid VoIP credits: card payments, a credit ledger, call charging and the privacy promises around them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+
+def create_app(cfg: Any = None, **overrides: Any) -> Flask:
+    """Build the Flask app: settings (validated), database, error mapping, blueprints, CLI.
+
+    Nothing here starts a thread, a scheduler or a network client: the jobs process is `flask jobs run`.
+    """
+    from flask_migrate import Migrate
+
+    from credits import cli, config, db
+    from credits.web import errors, health
+
+    settings = cfg if cfg is not None else config.Config.from_env(**overrides)
+    config.install(settings)
+    if settings.database_url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    database = db.configure(settings.sqlalchemy_url())
+
+    app = Flask(__name__, template_folder=str(config.PROJECT_ROOT / "templates"))
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        PROPAGATE_EXCEPTIONS=False,
+        JSON_SORT_KEYS=False,
+        MAX_CONTENT_LENGTH=2 * 1024 * 1024,
+    )
+    app.extensions["credits"] = {"config": settings, "db": database}
+    Migrate(directory=str(config.PROJECT_ROOT / "migrations")).init_app(app)
+    errors.register(app)
+    app.register_blueprint(health.bp)
+    cli.register(app)
+    return app

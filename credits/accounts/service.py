@@ -1,0 +1,72 @@
+"""Account use cases available so far: create a user with a wallet, change an account's status."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from credits import clock, config, money
+from credits.accounts.models import ROLES, STATUSES, User
+from credits.accounts.passwords import hash_password
+from credits.db import unit_of_work
+from credits.errors import Conflict, NotFound, ValidationError
+from credits.ledger.service import WalletView, _open_wallet
+
+EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{2,}$")
+
+
+@dataclass(frozen=True)
+class AccountView:
+    user_id: int
+    email: str
+    role: str
+    status: str
+    wallet: WalletView
+
+
+def normalise_email(email: str) -> str:
+    if not isinstance(email, str) or not EMAIL.match(email.strip()) or len(email) > 320:
+        raise ValidationError("not a valid email address", field="email")
+    return email.strip().lower()
+
+
+def create_account(email: str, password: str, *, role: str = "customer", currency: str | None = None) -> AccountView:
+    """Create a user and their wallet in one transaction.
+
+    Raises ValidationError (email, password shorter than 8 characters, role, currency) and Conflict when the
+    email is taken.
+    """
+    email = normalise_email(email)
+    if not isinstance(password, str) or len(password) < 8:
+        raise ValidationError("a password has at least 8 characters", field="password")
+    if role not in ROLES:
+        raise ValidationError(f"role is one of {', '.join(ROLES)}", field="role")
+    currency = money.check_currency(currency or config.current().default_currency)
+    pw_hash = hash_password(password)
+    now = clock.now()
+    with unit_of_work() as uow:
+        try:
+            user_id: int = uow.session.execute(
+                insert(User).values(email=email, password_hash=pw_hash, role=role, status="active", created_at=now)
+                .returning(User.id)
+            ).scalar_one()
+        except IntegrityError as exc:
+            raise Conflict("an account with this email already exists") from exc
+        wallet = _open_wallet(uow.session, user_id, currency, now)
+        uow.commit()
+        return AccountView(user_id, email, role, "active", wallet)
+
+
+def set_status(user_id: int, status: str) -> None:
+    """Set an account's status (active, frozen, restricted, closed). Raises ValidationError, NotFound."""
+    if status not in STATUSES:
+        raise ValidationError(f"status is one of {', '.join(STATUSES)}", field="status")
+    with unit_of_work() as uow:
+        found = uow.session.execute(select(User.id).where(User.id == user_id)).scalar()
+        if found is None:
+            raise NotFound("no such account")
+        uow.session.execute(update(User).where(User.id == user_id).values(status=status))
+        uow.commit()

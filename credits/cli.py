@@ -1,0 +1,149 @@
+"""Operator commands under `flask --app wsgi ...`: scriptable, no prompts, non-zero exit on error."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from credits import money
+from credits.errors import CreditsError
+
+ledger_cli = AppGroup("ledger", help="Credit ledger: grants and the invariant audit.")
+accounts_cli = AppGroup("accounts", help="Customer and staff accounts.")
+jobs_cli = AppGroup("jobs", help="Scheduled jobs (one jobs process per deployment).")
+audit_cli = AppGroup("audit", help="The hash-chained audit log.")
+
+
+@contextmanager
+def domain_errors() -> Iterator[None]:
+    """Turn a domain error into a one-line message on stderr and exit status 1."""
+    try:
+        yield
+    except CreditsError as exc:
+        click.echo(f"error: {exc.message if exc.safe else exc.title}", err=True)
+        sys.exit(1)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise click.BadParameter(f"not an ISO-8601 time: {value}") from exc
+    if parsed.tzinfo is None:
+        raise click.BadParameter("give a timezone, for example 2027-01-01T00:00:00Z")
+    return parsed
+
+
+@accounts_cli.command("create")
+@click.option("--email", required=True)
+@click.option("--password", required=True)
+@click.option("--role", default="customer", show_default=True)
+@click.option("--currency", default=None, help="Wallet currency (default CREDITS_DEFAULT_CURRENCY).")
+def accounts_create(email: str, password: str, role: str, currency: str | None) -> None:
+    """Create an account and its wallet; print the account number alone on the last line."""
+    from credits.accounts import service
+
+    with domain_errors():
+        account = service.create_account(email, password, role=role, currency=currency)
+    click.echo(f"created {account.role} account for {account.email} ({account.wallet.currency})")
+    click.echo(account.wallet.account_number)
+
+
+@ledger_cli.command("grant")
+@click.option("--account", required=True, help="Email address or account number.")
+@click.option("--amount", required=True, help="Decimal amount in the wallet currency, e.g. 10.00.")
+@click.option("--reason", required=True, help="Why the credit is granted (kept in the journal and audit log).")
+@click.option("--expires-at", default=None, help="ISO-8601 expiry (default: now + CREDITS_CREDIT_VALIDITY_DAYS).")
+@click.option("--source", type=click.Choice(["credit_note", "promo"]), default="credit_note", show_default=True)
+def ledger_grant(account: str, amount: str, reason: str, expires_at: str | None, source: str) -> None:
+    """Grant goodwill credit to an account (audit-logged)."""
+    from credits.ledger import operator
+
+    with domain_errors():
+        lot = operator.grant_by_operator(account, amount, reason, expires_at=_parse_time(expires_at), source=source)
+    click.echo(f"granted {money.format_micro(lot.granted)} as lot {lot.id}, expires {lot.expires_at.isoformat()}")
+
+
+@ledger_cli.command("audit")
+def ledger_audit() -> None:
+    """Check every ledger invariant; exit 1 with a report on any violation."""
+    from credits.ledger.audit import run_audit
+
+    report = run_audit()
+    click.echo(report.text())
+    if not report.ok:
+        sys.exit(1)
+
+
+@jobs_cli.command("run")
+def jobs_run() -> None:
+    """Run every job on its schedule until stopped (Ctrl-C or SIGTERM)."""
+    import signal
+
+    from credits import config, jobs
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    jobs.run_forever(config.current().job_interval_s or None)
+
+
+@jobs_cli.command("run-once")
+@click.argument("name")
+def jobs_run_once(name: str) -> None:
+    """Run one job now, print what it did; exit non-zero if it fails or another process is running it."""
+    from credits import jobs
+
+    known = jobs.table()
+    if name not in known:
+        raise click.BadParameter(f"unknown job {name!r}; jobs: {', '.join(sorted(known))}", param_hint="NAME")
+    try:
+        result = jobs.run_once(name)
+    except jobs.LockBusy:
+        click.echo(f"{name}: another jobs process is running it", err=True)
+        sys.exit(3)
+    except CreditsError as exc:
+        click.echo(f"{name} failed: {exc.message if exc.safe else exc.title}", err=True)
+        sys.exit(1)
+    click.echo(f"{name}: {json.dumps(result)}")
+
+
+@jobs_cli.command("list")
+def jobs_list() -> None:
+    """List the jobs and their intervals."""
+    from credits import jobs
+
+    for job in jobs.table().values():
+        click.echo(f"{job.name:20} every {job.every_s:>5} s  {job.doc}")
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Verify the audit log's hash chain; exit 1 at the first broken link."""
+    from credits import audit
+
+    report = audit.verify()
+    if report.ok:
+        click.echo(f"audit log: {report.entries} entries, chain intact")
+        return
+    click.echo(f"audit log: chain broken at entry {report.broken_at}: {report.reason}")
+    sys.exit(1)
+
+
+GROUPS: list[AppGroup] = [ledger_cli, accounts_cli, jobs_cli, audit_cli]
+EXTRA: list[Callable[[Flask], Any]] = []
+
+
+def register(app: Flask) -> None:
+    for group in GROUPS:
+        app.cli.add_command(group)
+    for hook in EXTRA:
+        hook(app)

@@ -1,0 +1,151 @@
+"""Settings from CREDITS_* environment variables: one dataclass, validated at start."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from credits.errors import ConfigError
+
+ENVIRONMENTS = ("development", "test", "production")
+EXPIRY_POLICIES = ("per_lot", "rolling")
+DEV_SECRET = "dev-insecure-secret-key-change-me"  # noqa: S105 - a named default, refused in production
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of the service. Build it with `Config.from_env()`; every field has a safe dev default."""
+
+    env: str = "development"
+    database_url: str = ""
+    secret_key: str = DEV_SECRET
+    encryption_keys: str = ""
+    blind_index_key: str = ""
+    stripe_secret_key: str = ""
+    stripe_publishable_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""
+    stripe_js_url: str = "https://js.stripe.com/v3/"
+    redis_url: str = ""
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_tls: str = "none"
+    mail_from: str = "credits@localhost"
+    default_currency: str = "USD"
+    credit_validity_days: int = 180
+    expiry_policy: str = "per_lot"
+    max_call_duration_s: int = 7200
+    transfer_min: str = "1.00"
+    transfer_max: str = "200.00"
+    transfer_daily_limit: str = "500.00"
+    hold_grace_s: int = 120
+    #: 0: each job runs on its own interval; N: every job every N seconds (tests, demos).
+    job_interval_s: int = 0
+    # Fault injection for the single-runner test: a job keeps its lock at least this long.
+    job_min_runtime_ms: int = 0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Config:
+        """Read CREDITS_<FIELD> variables, apply overrides, validate; raise ConfigError on bad values."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            if f.name == "extra":
+                continue
+            raw = environ.get(f"CREDITS_{f.name.upper()}")
+            if raw is None:
+                continue
+            if f.type in ("int", int):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"CREDITS_{f.name.upper()} must be an integer, got {raw!r}") from exc
+            else:
+                values[f.name] = raw
+        values.update(overrides)
+        cfg = cls(**values)  # type: ignore[arg-type]
+        if not cfg.database_url:
+            instance = PROJECT_ROOT / "instance"
+            name = "test.db" if cfg.env == "test" else "credits.db"
+            cfg = cls(**{**values, "database_url": f"sqlite:///{instance / name}"})  # type: ignore[arg-type]
+        cfg.validate()
+        return cfg
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    def validate(self) -> None:
+        """Raise ConfigError naming every bad setting; production refuses default or missing secrets."""
+        from credits import money
+
+        problems: list[str] = []
+        if self.env not in ENVIRONMENTS:
+            problems.append(f"CREDITS_ENV must be one of {', '.join(ENVIRONMENTS)}")
+        if self.expiry_policy not in EXPIRY_POLICIES:
+            problems.append(f"CREDITS_EXPIRY_POLICY must be one of {', '.join(EXPIRY_POLICIES)}")
+        if not money.is_known_currency(self.default_currency):
+            problems.append("CREDITS_DEFAULT_CURRENCY must be an ISO 4217 code this service knows")
+        if self.credit_validity_days < 1:
+            problems.append("CREDITS_CREDIT_VALIDITY_DAYS must be at least 1")
+        if not 1 <= self.max_call_duration_s <= 86400:
+            problems.append("CREDITS_MAX_CALL_DURATION_S must be between 1 and 86400")
+        if self.smtp_tls not in ("none", "starttls", "ssl"):
+            problems.append("CREDITS_SMTP_TLS must be none, starttls or ssl")
+        for name in ("transfer_min", "transfer_max", "transfer_daily_limit"):
+            try:
+                money.parse_amount(getattr(self, name), self.default_currency)
+            except Exception:  # noqa: BLE001 - any parse failure is a config problem
+                problems.append(f"CREDITS_{name.upper()} must be a positive decimal amount")
+        if self.is_production:
+            if not self.secret_key or self.secret_key == DEV_SECRET or len(self.secret_key) < 32:
+                problems.append("CREDITS_SECRET_KEY must be set to a random value of 32+ characters in production")
+            if self.database_url.startswith("sqlite"):
+                problems.append("CREDITS_DATABASE_URL must point at PostgreSQL in production")
+            if not self.encryption_keys:
+                problems.append("CREDITS_ENCRYPTION_KEYS must be set in production")
+            if not self.blind_index_key:
+                problems.append("CREDITS_BLIND_INDEX_KEY must be set in production")
+        if self.blind_index_key:
+            try:
+                if len(base64.b64decode(self.blind_index_key, validate=True)) != 32:
+                    raise ValueError
+            except (ValueError, binascii.Error):
+                problems.append("CREDITS_BLIND_INDEX_KEY must be base64 of 32 bytes")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the psycopg 3 driver for PostgreSQL."""
+        url = self.database_url
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
+        return url
+
+
+_current: Config | None = None
+
+
+def install(cfg: Config) -> Config:
+    """Make `cfg` the settings that services read with `current()`."""
+    global _current
+    _current = cfg
+    return cfg
+
+
+def current() -> Config:
+    """The installed settings (create_app or a CLI entry point installs them); defaults if none were."""
+    global _current
+    if _current is None:
+        _current = Config.from_env()
+    return _current

@@ -1,0 +1,1 @@
+"""The credit ledger: wallets, lots, journal and postings, holds."""

@@ -1,0 +1,1 @@
+"""Shared HTTP plumbing: error mapping, headers, auth decorators."""
