@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, Text, insert, select, text
+from sqlalchemy import String, Table, Text, insert, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from credits import clock
@@ -31,7 +31,7 @@ class AuditEntry(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
 
 
-A = AuditEntry.__table__
+A: Table = AuditEntry.__table__  # type: ignore[assignment]
 
 
 def _digest(prev: str, at: datetime, actor: str, action: str, subject: str, detail: str) -> str:

@@ -85,26 +85,35 @@ class Config:
 
     def validate(self) -> None:
         """Raise ConfigError naming every bad setting; production refuses default or missing secrets."""
+        problems = self._general_problems() + self._secret_problems()
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    def _general_problems(self) -> list[str]:
         from credits import money
 
         problems: list[str] = []
-        if self.env not in ENVIRONMENTS:
-            problems.append(f"CREDITS_ENV must be one of {', '.join(ENVIRONMENTS)}")
-        if self.expiry_policy not in EXPIRY_POLICIES:
-            problems.append(f"CREDITS_EXPIRY_POLICY must be one of {', '.join(EXPIRY_POLICIES)}")
-        if not money.is_known_currency(self.default_currency):
-            problems.append("CREDITS_DEFAULT_CURRENCY must be an ISO 4217 code this service knows")
-        if self.credit_validity_days < 1:
-            problems.append("CREDITS_CREDIT_VALIDITY_DAYS must be at least 1")
-        if not 1 <= self.max_call_duration_s <= 86400:
-            problems.append("CREDITS_MAX_CALL_DURATION_S must be between 1 and 86400")
-        if self.smtp_tls not in ("none", "starttls", "ssl"):
-            problems.append("CREDITS_SMTP_TLS must be none, starttls or ssl")
+        checks = [
+            (self.env in ENVIRONMENTS, f"CREDITS_ENV must be one of {', '.join(ENVIRONMENTS)}"),
+            (self.expiry_policy in EXPIRY_POLICIES,
+             f"CREDITS_EXPIRY_POLICY must be one of {', '.join(EXPIRY_POLICIES)}"),
+            (money.is_known_currency(self.default_currency),
+             "CREDITS_DEFAULT_CURRENCY must be an ISO 4217 code this service knows"),
+            (self.credit_validity_days >= 1, "CREDITS_CREDIT_VALIDITY_DAYS must be at least 1"),
+            (1 <= self.max_call_duration_s <= 86400, "CREDITS_MAX_CALL_DURATION_S must be between 1 and 86400"),
+            (self.smtp_tls in ("none", "starttls", "ssl"), "CREDITS_SMTP_TLS must be none, starttls or ssl"),
+            (self.job_interval_s >= 0, "CREDITS_JOB_INTERVAL_S must be 0 or more"),
+        ]
+        problems += [message for ok, message in checks if not ok]
         for name in ("transfer_min", "transfer_max", "transfer_daily_limit"):
             try:
                 money.parse_amount(getattr(self, name), self.default_currency)
             except Exception:  # noqa: BLE001 - any parse failure is a config problem
                 problems.append(f"CREDITS_{name.upper()} must be a positive decimal amount")
+        return problems
+
+    def _secret_problems(self) -> list[str]:
+        problems: list[str] = []
         if self.is_production:
             if not self.secret_key or self.secret_key == DEV_SECRET or len(self.secret_key) < 32:
                 problems.append("CREDITS_SECRET_KEY must be set to a random value of 32+ characters in production")
@@ -120,8 +129,7 @@ class Config:
                     raise ValueError
             except (ValueError, binascii.Error):
                 problems.append("CREDITS_BLIND_INDEX_KEY must be base64 of 32 bytes")
-        if problems:
-            raise ConfigError("invalid configuration: " + "; ".join(problems))
+        return problems
 
     def sqlalchemy_url(self) -> str:
         """The database URL with the psycopg 3 driver for PostgreSQL."""

@@ -18,6 +18,9 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3,
 }  # fmt: skip
 
+#: micro-units per minor unit, per currency (10_000 for cents).
+_FACTORS: dict[str, int] = {code: [1_000_000, 100_000, 10_000, 1_000][exp] for code, exp in CURRENCY_EXPONENTS.items()}
+
 _DECIMAL = re.compile(r"^(?P<sign>-)?(?P<int>\d{1,13})(?:\.(?P<frac>\d{1,6}))?$")
 
 
@@ -54,7 +57,7 @@ def parse_amount(text: str, currency: str) -> int:
     value = parse(text)
     check_amount(value)
     exponent = CURRENCY_EXPONENTS[currency]
-    if value % (10 ** (6 - exponent)):
+    if value % _FACTORS[currency]:
         raise ValidationError(f"{currency} amounts have at most {exponent} decimals", field="amount")
     return value
 
@@ -84,19 +87,19 @@ def format_display(value: int, currency: str) -> str:
     whole, frac = divmod(abs(value), MICRO)
     if exponent == 0:
         return f"{sign}{whole} {currency}"
-    return f"{sign}{whole}.{frac // 10 ** (6 - exponent):0{exponent}d} {currency}"
+    return f"{sign}{whole}.{frac // _FACTORS.get(currency, 10_000):0{exponent}d} {currency}"
 
 
 def minor_to_micro(minor: int, currency: str) -> int:
     """Convert gateway minor units (cents) to micro-units, exactly."""
     check_currency(currency)
-    return minor * 10 ** (6 - CURRENCY_EXPONENTS[currency])
+    return minor * _FACTORS[currency]
 
 
 def micro_to_minor(micro: int, currency: str) -> int:
     """Convert micro-units to gateway minor units; raise ValidationError unless it is exact."""
     check_currency(currency)
-    factor = 10 ** (6 - CURRENCY_EXPONENTS[currency])
+    factor = _FACTORS[currency]
     if micro % factor:
         raise ValidationError(f"{format_micro(micro)} is not a whole number of {currency} minor units")
     return micro // factor

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.orm import Session
 
 from credits.db import unit_of_work
 from credits.ledger.models import Hold, JournalTransaction, Lot, Posting, Wallet
 
-W = Wallet.__table__
-L = Lot.__table__
-J = JournalTransaction.__table__
-P = Posting.__table__
-H = Hold.__table__
+W: Table = Wallet.__table__  # type: ignore[assignment]
+L: Table = Lot.__table__  # type: ignore[assignment]
+J: Table = JournalTransaction.__table__  # type: ignore[assignment]
+P: Table = Posting.__table__  # type: ignore[assignment]
+H: Table = Hold.__table__  # type: ignore[assignment]
 LIMIT = 50
 
 
@@ -72,9 +72,9 @@ def _check_transactions(s: Session, report: AuditReport) -> None:
     ).all():
         report.violations.append(f"journal transaction {tx_id} sums to {total}, not zero")
     report.checks += 1
-    empty = s.execute(
+    empty: list[int] = list(s.execute(
         select(J.c.id).where(~select(P.c.id).where(P.c.tx_id == J.c.id).exists()).limit(LIMIT)
-    ).scalars().all()
+    ).scalars().all())
     for tx_id in empty:
         report.violations.append(f"journal transaction {tx_id} has no postings")
 
