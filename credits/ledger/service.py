@@ -697,7 +697,7 @@ def _transfer(session: Session, from_wallet_id: int, to: str | int, amount: int,
     source, target = wallets[from_wallet_id], wallets[recipient.id]
     statuses = dict(session.execute(
         select(User.id, User.status).where(User.id.in_([source.user_id, target.user_id]))
-    ).tuples().all())
+    ).all())
     if statuses.get(source.user_id) != "active":
         raise AccountNotActive("your account may not transfer credit right now")
     if statuses.get(target.user_id) != "active":
@@ -749,7 +749,7 @@ def _transfer(session: Session, from_wallet_id: int, to: str | int, amount: int,
 def _transfer_view(session: Session, row: Any, created: bool) -> TransferView:
     numbers = dict(session.execute(
         select(W.c.id, W.c.account_number).where(W.c.id.in_([row.from_wallet_id, row.to_wallet_id]))
-    ).tuples().all())
+    ).all())
     return TransferView(row.id, row.tx_id, row.from_wallet_id, row.to_wallet_id, numbers[row.from_wallet_id],
                         numbers[row.to_wallet_id], row.amount, row.created_at, created)
 
@@ -893,7 +893,7 @@ def system_balances() -> dict[str, int]:
         rows = uow.session.execute(
             select(P.c.system_account, func.sum(P.c.amount)).where(P.c.system_account.is_not(None))
             .group_by(P.c.system_account)
-        ).tuples().all()
+        ).all()
         return {str(name): int(total) for name, total in rows}
 
 
