@@ -139,7 +139,7 @@ def audit_verify() -> None:
     sys.exit(1)
 
 
-GROUPS: list[AppGroup] = [ledger_cli, accounts_cli, jobs_cli, audit_cli, demo_cli]
+GROUPS: list[click.Group] = [ledger_cli, accounts_cli, jobs_cli, audit_cli, demo_cli]
 EXTRA: list[Callable[[Flask], Any]] = []
 
 
