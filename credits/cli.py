@@ -14,6 +14,7 @@ from flask import Flask
 from flask.cli import AppGroup
 
 from credits import money
+from credits.demo import demo_cli
 from credits.errors import CreditsError
 
 ledger_cli = AppGroup("ledger", help="Credit ledger: grants and the invariant audit.")
@@ -138,7 +139,7 @@ def audit_verify() -> None:
     sys.exit(1)
 
 
-GROUPS: list[AppGroup] = [ledger_cli, accounts_cli, jobs_cli, audit_cli]
+GROUPS: list[click.Group] = [ledger_cli, accounts_cli, jobs_cli, audit_cli, demo_cli]
 EXTRA: list[Callable[[Flask], Any]] = []
 
 

@@ -21,7 +21,8 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 #: micro-units per minor unit, per currency (10_000 for cents).
 _FACTORS: dict[str, int] = {code: [1_000_000, 100_000, 10_000, 1_000][exp] for code, exp in CURRENCY_EXPONENTS.items()}
 
-_DECIMAL = re.compile(r"^(?P<sign>-)?(?P<int>\d{1,13})(?:\.(?P<frac>\d{1,6}))?$")
+# ASCII digits only: `\d` would also accept other scripts' digits ("١٠"), which int() then happily reads.
+_DECIMAL = re.compile(r"^(?P<sign>-)?(?P<int>[0-9]{1,13})(?:\.(?P<frac>[0-9]{1,6}))?$")
 
 
 def is_known_currency(code: str) -> bool:
@@ -90,14 +91,21 @@ def format_display(value: int, currency: str) -> str:
     return f"{sign}{whole}.{frac // _FACTORS.get(currency, 10_000):0{exponent}d} {currency}"
 
 
+def _check_int(value: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{what} must be an integer, not {type(value).__name__}", field="amount")
+
+
 def minor_to_micro(minor: int, currency: str) -> int:
-    """Convert gateway minor units (cents) to micro-units, exactly."""
+    """Convert gateway minor units (cents) to micro-units, exactly. Raises ValidationError on a non-int."""
+    _check_int(minor, "an amount in minor units")
     check_currency(currency)
     return minor * _FACTORS[currency]
 
 
 def micro_to_minor(micro: int, currency: str) -> int:
-    """Convert micro-units to gateway minor units; raise ValidationError unless it is exact."""
+    """Convert micro-units to gateway minor units; raise ValidationError unless it is an exact int."""
+    _check_int(micro, "an amount in micro-units")
     check_currency(currency)
     factor = _FACTORS[currency]
     if micro % factor:

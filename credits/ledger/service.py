@@ -266,7 +266,9 @@ def _open_lots(session: Session, wallet_id: int) -> list[LotState]:
 
 
 def _resolve_wallet(session: Session, account: str | int) -> Row[Any]:
-    """Find a wallet by id (int), account number or owner email; raise NotFound."""
+    """Find a wallet by id (int), account number or owner email; raise NotFound (ValidationError on a non-name)."""
+    if isinstance(account, bool) or not isinstance(account, int | str):
+        raise ValidationError("an account is named by its id, account number or email address", field="account")
     if isinstance(account, int):
         cond = W.c.id == account
     elif "@" in account:
@@ -353,6 +355,8 @@ def _grant(
     cfg = config.current()
     if expires_at is None:
         expires_at = now + timedelta(days=cfg.credit_validity_days)
+    if not isinstance(expires_at, datetime):
+        raise ValidationError("expires_at must be a datetime", field="expires_at")
     if expires_at.tzinfo is None:
         raise ValidationError("expires_at must carry a timezone", field="expires_at")
     if expires_at <= now:
@@ -361,11 +365,15 @@ def _grant(
     if currency is not None and currency != wallet.currency:
         raise ValidationError(f"this wallet holds {wallet.currency}, not {currency}", field="currency")
     if key is not None:
+        # Outer join: a key already used by another kind of movement (a transfer, a refund debit) is a
+        # conflict, not a unique-constraint crash at the INSERT below.
         replay = session.execute(
-            select(L).join(J, J.c.id == L.c.grant_tx_id).where(J.c.idempotency_key == key)
+            select(J.c.kind, L).select_from(J.outerjoin(L, L.c.grant_tx_id == J.c.id))
+            .where(J.c.idempotency_key == key)
         ).first()
         if replay is not None:
-            if replay.wallet_id != wallet_id or replay.granted != amount or replay.source != source:
+            if (replay.kind != "grant" or replay.wallet_id != wallet_id or replay.granted != amount
+                    or replay.source != source):
                 raise IdempotencyConflict("this idempotency key was used for a different grant")
             return GrantResult(_lot_view(replay), created=False)
     if wallet.balance + amount > money.MAX_AMOUNT * 10:
@@ -464,6 +472,8 @@ def reserve(account: str | int, key: str, amount: int, *, ttl_s: int = 7200) -> 
     A replay with the same key returns the first hold (`created` False); with another amount or wallet it
     raises IdempotencyConflict. Raises InsufficientCredit when available < amount, ValidationError, NotFound.
     """
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
+        raise ValidationError("a hold's lifetime is a positive number of seconds", field="ttl_s")
     now = clock.now()
     with unit_of_work() as uow:
         wallet_id = account if isinstance(account, int) else _resolve_wallet(uow.session, account).id
@@ -488,10 +498,16 @@ def _settle(session: Session, key: str, amount: int, now: datetime, *, memo: str
         raise Conflict("this hold was released")
     late = hold.status == "expired"
     reserved = 0 if late else hold.amount
+    balance = wallet.balance
+    if wallet.next_expiry_at is not None and wallet.next_expiry_at <= now:
+        # Expired credit is not available credit: break it before charging (this hold, still active, keeps
+        # what it needs of lots that expired after it was made), so that a charge above the hold cannot
+        # spend credit that the expiry job would have taken, whether or not the job ran first.
+        balance -= _expire_wallet(session, wallet_id, now)[1]
     lots = _open_lots(session, wallet_id)
     since = now if late else hold.created_at
     eligible = [lot for lot in lots if lot.expires_at > since]
-    coverable = min(amount, reserved + wallet.balance - wallet.held, sum(lot.remaining for lot in eligible))
+    coverable = min(amount, reserved + balance - wallet.held, sum(lot.remaining for lot in eligible))
     shortfall = amount - coverable
     taken = draw(eligible, coverable)
     if amount > 0:
@@ -562,7 +578,9 @@ def sweep_holds(now: datetime | None = None, batch: int = 500) -> int:
     while True:
         with unit_of_work() as uow:
             keys = uow.session.execute(
-                select(H.c.key).where(H.c.status == "active", H.c.expires_at <= now).order_by(H.c.id).limit(batch)
+                # Wallet order, like every other multi-wallet lock, so a sweep cannot deadlock with a transfer.
+                select(H.c.key).where(H.c.status == "active", H.c.expires_at <= now)
+                .order_by(H.c.wallet_id, H.c.id).limit(batch)
             ).scalars().all()
             if not keys:
                 return total
@@ -684,9 +702,12 @@ def _transfer(session: Session, from_wallet_id: int, to: str | int, amount: int,
         raise ValidationError("you cannot transfer credit to yourself", field="to")
     wallets = _lock_wallets(session, [from_wallet_id, recipient.id])
     if key is not None:
-        replay = session.execute(select(T).where(T.c.idempotency_key == key)).first()
+        replay = session.execute(
+            select(J.c.kind, T).select_from(J.outerjoin(T, T.c.tx_id == J.c.id)).where(J.c.idempotency_key == key)
+        ).first()
         if replay is not None:
-            if replay.from_wallet_id != from_wallet_id or replay.amount != amount:
+            if (replay.id is None or replay.from_wallet_id != from_wallet_id or replay.to_wallet_id != recipient.id
+                    or replay.amount != amount):
                 raise IdempotencyConflict("this idempotency key was used for a different transfer")
             return _transfer_view(session, replay, created=False)
     minimum, maximum, daily = _transfer_limits()
@@ -777,23 +798,31 @@ def transfer(from_account: str | int, to: str | int, amount: int, *, key: str | 
 def _debit_lot(session: Session, lot_id: int, amount: int, now: datetime, *, key: str,
                memo: str = "", actor: str | None = None) -> tuple[int, bool]:
     money.check_amount(amount)
+    if key is None:
+        raise ValidationError("a refund debit needs an idempotency key", field="key")
     _check_key(key)
+    if isinstance(lot_id, bool) or not isinstance(lot_id, int):
+        raise NotFound("no such lot")
     wallet_id = session.execute(select(L.c.wallet_id).where(L.c.id == lot_id)).scalar()
     if wallet_id is None:
         raise NotFound("no such lot")
     wallet = _lock_wallets(session, [wallet_id])[wallet_id]
-    replay = session.execute(select(J.c.id).where(J.c.idempotency_key == key)).scalar()
+    replay = session.execute(select(J.c.id, J.c.kind).where(J.c.idempotency_key == key)).first()
     if replay is not None:
         moved = session.execute(
-            select(func.coalesce(func.sum(P.c.amount), 0)).where(P.c.tx_id == replay, P.c.lot_id == lot_id)
+            select(func.coalesce(func.sum(P.c.amount), 0)).where(P.c.tx_id == replay.id, P.c.lot_id == lot_id)
         ).scalar_one()
-        if -moved != amount:
+        if replay.kind != "refund_debit" or -moved != amount:
             raise IdempotencyConflict("this idempotency key was used for a different debit")
-        return replay, False
+        return replay.id, False
+    balance = wallet.balance
+    if wallet.next_expiry_at is not None and wallet.next_expiry_at <= now:
+        # Expired credit must not count as available (it would let the debit take credit a hold needs).
+        balance -= _expire_wallet(session, wallet_id, now)[1]
     lot = session.execute(select(L).where(L.c.id == lot_id)).one()
     if lot.remaining < amount or lot.expires_at <= now:
         raise InsufficientCredit("that credit has already been used or has expired")
-    if wallet.balance - wallet.held < amount:
+    if balance - wallet.held < amount:
         raise InsufficientCredit("that credit is held by calls in progress")
     tx_id = _new_tx(session, "refund_debit", now, key=key, memo=memo or "refund", actor=actor)
     _post(session, tx_id, [
@@ -844,11 +873,12 @@ def statement(account: str | int, *, after: str | None = None, limit: int = 50) 
     Keyset-paginated: pass the page's `next_cursor` as `after` for the next (older) page.
     Raises ValidationError on a bad cursor or limit.
     """
-    if not 1 <= limit <= 500:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 500:
         raise ValidationError("limit must be between 1 and 500", field="limit")
     cursor: int | None = None
     if after is not None:
-        if not after.isdigit() or len(after) > 19:
+        # isascii(): str.isdigit() is also true for "²" and other digits that int() refuses or misreads.
+        if not isinstance(after, str) or not (after.isascii() and after.isdigit()) or len(after) > 18:
             raise ValidationError("invalid cursor", field="after")
         cursor = int(after)
     with unit_of_work() as uow:
