@@ -573,19 +573,23 @@ def register_caller_number(wallet_id: int, number: str) -> str:
 
     Raises ValidationError (not a number) and Conflict (registered to an account already).
     """
-    normalised = normalise_caller_number(number)
     with unit_of_work() as uow:
-        s = uow.session
-        owner = s.execute(select(CN.c.wallet_id).where(CN.c.number == normalised)).scalar()
-        if owner is not None:
-            if owner == wallet_id:
-                return normalised
-            raise Conflict("this number is registered to another account")
-        if s.execute(select(W.c.id).where(W.c.id == wallet_id)).scalar() is None:
-            raise NotFound("no such wallet")
-        s.execute(insert(CN).values(wallet_id=wallet_id, number=normalised, created_at=clock.now()))
+        normalised = _register_number(uow.session, wallet_id, number, clock.now())
         uow.commit()
         return normalised
+
+
+def _register_number(s: Session, wallet_id: int, number: str, now: datetime) -> str:
+    normalised = normalise_caller_number(number)
+    owner = s.execute(select(CN.c.wallet_id).where(CN.c.number == normalised)).scalar()
+    if owner is not None:
+        if owner == wallet_id:
+            return normalised
+        raise Conflict("this number is registered to another account")
+    if s.execute(select(W.c.id).where(W.c.id == wallet_id)).scalar() is None:
+        raise NotFound("no such wallet")
+    s.execute(insert(CN).values(wallet_id=wallet_id, number=normalised, created_at=now))
+    return normalised
 
 
 def caller_numbers(wallet_id: int) -> list[str]:

@@ -119,17 +119,20 @@ def plan_id_by_name(session: Session, name: str) -> int:
 def assign_plan(account_wallet_id: int, name: str) -> None:
     """Rate the wallet's calls with plan `name`. Raises NotFound, ValidationError on a currency mismatch."""
     with unit_of_work() as uow:
-        s = uow.session
-        plan = s.execute(select(PLANS).where(PLANS.c.name == _check_name(name))).first()
-        if plan is None:
-            raise NotFound(f"no rate plan named {name}")
-        wallet = s.execute(select(W.c.currency).where(W.c.id == account_wallet_id)).first()
-        if wallet is None:
-            raise NotFound("no such wallet")
-        if wallet.currency != plan.currency:
-            raise ValidationError(f"plan {name} is in {plan.currency}; the wallet holds {wallet.currency}")
-        s.execute(update(W).where(W.c.id == account_wallet_id).values(rate_plan_id=plan.id))
+        _assign(uow.session, account_wallet_id, name)
         uow.commit()
+
+
+def _assign(s: Session, wallet_id: int, name: str) -> None:
+    plan = s.execute(select(PLANS).where(PLANS.c.name == _check_name(name))).first()
+    if plan is None:
+        raise NotFound(f"no rate plan named {name}")
+    wallet = s.execute(select(W.c.currency).where(W.c.id == wallet_id)).first()
+    if wallet is None:
+        raise NotFound("no such wallet")
+    if wallet.currency != plan.currency:
+        raise ValidationError(f"plan {name} is in {plan.currency}; the wallet holds {wallet.currency}", field="plan")
+    s.execute(update(W).where(W.c.id == wallet_id).values(rate_plan_id=plan.id))
 
 
 _cache: dict[int, tuple[int, PrefixTable]] = {}
