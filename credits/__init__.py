@@ -34,7 +34,10 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
     )
     app.extensions["credits"] = {"config": settings, "db": database}
     Migrate(directory=str(config.PROJECT_ROOT / "migrations")).init_app(app)
-    errors.register(app)
+    from credits.web.api import init_api
+
+    init_api(app)
+    errors.register(app)  # after the Api, so that our problem+json handlers win
     app.register_blueprint(health.bp)
     cli.register(app)
     return app

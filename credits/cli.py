@@ -50,12 +50,15 @@ def _parse_time(value: str | None) -> datetime | None:
 @click.option("--password", required=True)
 @click.option("--role", default="customer", show_default=True)
 @click.option("--currency", default=None, help="Wallet currency (default CREDITS_DEFAULT_CURRENCY).")
-def accounts_create(email: str, password: str, role: str, currency: str | None) -> None:
+@click.option("--phone", default=None, help="Caller number the switch knows the account by (E.164, +...).")
+@click.option("--plan", default=None, help="Rate plan name (default: the plan named 'default').")
+def accounts_create(email: str, password: str, role: str, currency: str | None, phone: str | None,
+                    plan: str | None) -> None:
     """Create an account and its wallet; print the account number alone on the last line."""
     from credits.accounts import service
 
     with domain_errors():
-        account = service.create_account(email, password, role=role, currency=currency)
+        account = service.create_account(email, password, role=role, currency=currency, phone=phone, plan=plan)
     click.echo(f"created {account.role} account for {account.email} ({account.wallet.currency})")
     click.echo(account.wallet.account_number)
 
@@ -144,7 +147,9 @@ EXTRA: list[Callable[[Flask], Any]] = []
 
 
 def register(app: Flask) -> None:
-    for group in GROUPS:
+    from credits.calls.cli import apikey_cli, calls_cli, rates_cli
+
+    for group in [*GROUPS, rates_cli, apikey_cli, calls_cli]:
         app.cli.add_command(group)
     for hook in EXTRA:
         hook(app)

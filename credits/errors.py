@@ -99,8 +99,9 @@ class Forbidden(DomainError):
 
 
 class Unauthorized(DomainError):
-    """No valid credentials."""
+    """No valid credentials. Never says why (missing, unknown, revoked): that would help a guesser."""
 
     status = 401
     code = "unauthorized"
     title = "Unauthorized"
+    safe = False

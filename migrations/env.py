@@ -23,6 +23,9 @@ def render_item(type_, obj, autogen_context):
 def run_migrations_online():
     engine = db.get().engine
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch migrations recreate tables; SQLite would enforce foreign keys against the copy mid-way.
+            connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=metadata,

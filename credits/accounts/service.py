@@ -33,11 +33,12 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
-def create_account(email: str, password: str, *, role: str = "customer", currency: str | None = None) -> AccountView:
-    """Create a user and their wallet in one transaction.
+def create_account(email: str, password: str, *, role: str = "customer", currency: str | None = None,
+                   phone: str | None = None, plan: str | None = None) -> AccountView:
+    """Create a user and their wallet in one transaction, optionally with a caller number and a rate plan.
 
-    Raises ValidationError (email, password shorter than 8 characters, role, currency) and Conflict when the
-    email is taken.
+    Raises ValidationError (email, password shorter than 8 characters, role, currency, phone, plan
+    currency), NotFound (plan) and Conflict when the email or phone number is taken.
     """
     email = normalise_email(email)
     if not isinstance(password, str) or len(password) < 8:
@@ -56,6 +57,14 @@ def create_account(email: str, password: str, *, role: str = "customer", currenc
         except IntegrityError as exc:
             raise Conflict("an account with this email already exists") from exc
         wallet = _open_wallet(uow.session, user_id, currency, now)
+        if phone:
+            from credits.calls.service import _register_number
+
+            _register_number(uow.session, wallet.id, phone, now)
+        if plan:
+            from credits.rating.service import _assign
+
+            _assign(uow.session, wallet.id, plan)
         uow.commit()
         return AccountView(user_id, email, role, "active", wallet)
 

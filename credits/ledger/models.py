@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from credits.db import Base, BigInt, UTCDateTime
@@ -47,6 +47,10 @@ class Wallet(Base):
     #: Earliest expiry among lots with credit left (may be stale-early; never stale-late).
     next_expiry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: The rate plan its calls are rated with (None: the plan named "default").
+    rate_plan_id: Mapped[int | None] = mapped_column(ForeignKey("rate_plans.id"))
+    #: At most this many simultaneous calls share the credit (None: no limit).
+    max_concurrent_calls: Mapped[int | None] = mapped_column(Integer)
 
     @property
     def available(self) -> int:

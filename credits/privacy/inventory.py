@@ -41,6 +41,12 @@ _LEDGER = "keeping account of prepaid credit"
 _MONEY_RETAIN = "accounting and tax law require financial records"
 _ledger_money = Entry("usage", _LEDGER, "contract", "10 years (accounting)", True, "retain", retain_reason=_MONEY_RETAIN)
 
+_BILLING = "billing calls and answering billing disputes"
+_traffic = Entry("traffic", _BILLING, "contract", "billing-challenge window, then anonymised", True, "pseudonymise",
+                 log="never")
+_call_usage = Entry("traffic", _BILLING, "contract", "billing-challenge window, aggregates kept", True, "retain",
+                    log="allowed", retain_reason="cost and time of calls are financial records")
+
 INVENTORY: dict[str, Entry] = {
     # users
     "users.id": _ops(),
@@ -85,6 +91,16 @@ INVENTORY: dict[str, Entry] = {
     "transfers.id": _ops(), "transfers.tx_id": _ops(), "transfers.from_wallet_id": _ledger_money,
     "transfers.to_wallet_id": _ledger_money, "transfers.amount": _ledger_money, "transfers.created_at": _ledger_money,
     "transfers.idempotency_key": _ops(_LEDGER),
+    # call records: traffic data, kept for billing only, then anonymised (CHECKLIST F43)
+    **{f"calls.{c}": _traffic for c in ("caller", "callee")},
+    **{f"calls.{c}": _call_usage for c in (
+        "authorized_at", "answered_at", "ended_at", "completed_at", "duration_s", "billed_s", "cost", "charged",
+        "disposition", "end_reason", "rate_destination", "rate_prefix", "rate_per_minute", "connect_fee",
+        "first_increment_s", "next_increment_s", "max_duration_s", "reserved")},
+    "calls.call_id": Entry("traffic", _BILLING, "contract", "billing-challenge window", False, "pseudonymise",
+                           log="masked"),
+    "calls.id": _ops(), "calls.wallet_id": _ops(), "calls.hold_id": _ops(), "calls.source": _ops(),
+    "calls.status": _ops(_BILLING), "calls.flagged": _ops("support review"), "calls.flag_reason": _ops("support review"),
     # audit log (never personal data in clear: ids, amounts, reasons)
     "audit_log.id": _ops(), "audit_log.at": _ops("accountability"), "audit_log.actor": _ops("accountability"),
     "audit_log.action": _ops("accountability"), "audit_log.subject": _ops("accountability"),
@@ -92,6 +108,26 @@ INVENTORY: dict[str, Entry] = {
                               "legal obligation", "7 years", False, "retain", log="masked",
                               retain_reason="tamper-evident record required for audits"),
     "audit_log.prev_hash": _ops("tamper evidence"), "audit_log.hash": _ops("tamper evidence"),
+    # wallets: call settings
+    "wallets.rate_plan_id": _ops("rating calls"),
+    "wallets.max_concurrent_calls": _ops("sharing credit between simultaneous calls"),
+    # rate plans (tariffs: no personal data)
+    "rate_plans.id": _ops(), "rate_plans.name": _ops(), "rate_plans.currency": _ops(), "rate_plans.version": _ops(),
+    "rate_plans.created_at": _ops(), "rate_plans.updated_at": _ops(),
+    "rates.id": _ops(), "rates.plan_id": _ops(), "rates.prefix": _ops(), "rates.destination": _ops(),
+    "rates.rate_per_minute": _ops(), "rates.connect_fee": _ops(), "rates.first_increment_s": _ops(),
+    "rates.next_increment_s": _ops(), "rates.effective_from": _ops(),
+    # caller numbers: how the switch knows the customer
+    "caller_numbers.id": _ops(), "caller_numbers.wallet_id": _ops(), "caller_numbers.created_at": _ops(),
+    "caller_numbers.number": Entry("contact", "identifying the caller to the switch", "contract", "account lifetime",
+                                   True, "delete", log="never"),
+    # API keys (machines, not people)
+    "api_keys.id": _ops(), "api_keys.name": _ops(), "api_keys.prefix": _ops("identifying a key in logs"),
+    "api_keys.key_hash": Entry("security", "authenticating the switch", "legitimate interest", "until revoked",
+                               False, "retain", log="never",
+                               retain_reason="a machine credential, not personal data"),
+    "api_keys.scope": _ops(), "api_keys.allowed_ips": _ops("restricting where a key may be used"),
+    "api_keys.created_at": _ops(), "api_keys.revoked_at": _ops(), "api_keys.last_used_at": _ops(),
     # jobs
     "job_locks.name": _ops(), "job_locks.holder": _ops(), "job_locks.locked_until": _ops(),
     "job_runs.id": _ops(), "job_runs.name": _ops(), "job_runs.holder": _ops(), "job_runs.started_at": _ops(),

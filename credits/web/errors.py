@@ -58,14 +58,22 @@ def register(app: Flask) -> None:
         detail = exc.message if exc.safe else None
         if exc.status >= 500:
             log.error("error %s (request %s)", exc.code, request_id())
-        extra = {k: v for k, v in exc.extra.items() if k in ("field", "errors")}
+        extra = {k: v for k, v in exc.extra.items() if k in ("field", "errors")} if exc.safe else {}
         if _wants_json():
-            return problem(exc.status, exc.title, detail, exc.code, **extra)
+            resp = problem(exc.status, exc.title, detail, exc.code, **extra)
+            if exc.status == 401:
+                resp.headers["WWW-Authenticate"] = "Bearer"
+            return resp
         return _page(exc.status, exc.title, detail)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Any:
         status = exc.code or 500
+        data = getattr(exc, "data", None) or {}
+        if status == 422 and "messages" in data:
+            # Schema validation (webargs): the switch contract says malformed input is 400.
+            return problem(400, "Invalid input", "The request body or query does not match the schema.",
+                           "invalid_input", errors=data["messages"])
         if _wants_json():
             resp = problem(status, exc.name, exc.description if status < 500 else None)
             if status == 405 and exc.get_response().headers.get("Allow"):

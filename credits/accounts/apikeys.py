@@ -1,0 +1,127 @@
+"""API keys for machines (the switch): create (shown once), revoke, authenticate with an optional IP allowlist."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Table, insert, select, update
+
+from credits import clock
+from credits.accounts.models import ApiKey
+from credits.db import unit_of_work
+from credits.errors import NotFound, Unauthorized, ValidationError
+
+K: Table = ApiKey.__table__  # type: ignore[assignment]
+SCOPES = ("switch",)
+KEY_PREFIX = "csk_"
+#: last_used_at is written at most this often per key, so that a busy switch does not write on every call.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class ApiKeyView:
+    id: int
+    name: str
+    prefix: str
+    scope: str
+    allowed_ips: str | None
+
+
+@dataclass(frozen=True)
+class CreatedKey:
+    view: ApiKeyView
+    #: The only time the full key exists outside the caller: print it once, never store or log it.
+    secret: str
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _parse_networks(allowed_ips: str | None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    if not allowed_ips:
+        return []
+    networks = []
+    for part in allowed_ips.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise ValidationError(f"not an IP address or network: {part}", field="allowed_ips") from exc
+    return networks
+
+
+def create_key(name: str, scope: str = "switch", allowed_ips: str | None = None) -> CreatedKey:
+    """Create a key; return it with its secret (shown once). Raises ValidationError on name, scope or IPs."""
+    name = (name or "").strip()
+    if not 1 <= len(name) <= 64:
+        raise ValidationError("a key name is 1-64 characters", field="name")
+    if scope not in SCOPES:
+        raise ValidationError(f"scope is one of {', '.join(SCOPES)}", field="scope")
+    nets = _parse_networks(allowed_ips)
+    normalised = ",".join(str(n) for n in nets) or None
+    prefix = KEY_PREFIX + secrets.token_hex(4)
+    secret = f"{prefix}_{secrets.token_urlsafe(32)}"
+    with unit_of_work() as uow:
+        key_id: int = uow.session.execute(
+            insert(K).values(name=name, prefix=prefix, key_hash=_digest(secret), scope=scope,
+                             allowed_ips=normalised, created_at=clock.now()).returning(K.c.id)
+        ).scalar_one()
+        uow.commit()
+    return CreatedKey(ApiKeyView(key_id, name, prefix, scope, normalised), secret)
+
+
+def revoke_key(name_or_prefix: str) -> int:
+    """Revoke every live key with this name or prefix; return how many. Raises NotFound if none."""
+    with unit_of_work() as uow:
+        count = uow.session.execute(
+            update(K).where((K.c.name == name_or_prefix) | (K.c.prefix == name_or_prefix), K.c.revoked_at.is_(None))
+            .values(revoked_at=clock.now())
+        ).rowcount  # type: ignore[attr-defined]
+        if not count:
+            raise NotFound("no live key with that name or prefix")
+        uow.commit()
+        return int(count)
+
+
+def list_keys() -> list[tuple[ApiKeyView, bool]]:
+    """Every key and whether it is live (secrets are never shown again)."""
+    with unit_of_work() as uow:
+        rows = uow.session.execute(select(K).order_by(K.c.id)).all()
+        return [(ApiKeyView(r.id, r.name, r.prefix, r.scope, r.allowed_ips), r.revoked_at is None) for r in rows]
+
+
+def authenticate(presented: str | None, scope: str, remote_addr: str | None) -> ApiKeyView:
+    """Return the live key matching `presented` for `scope`, used from an allowed address.
+
+    Raises Unauthorized (no detail) for a missing, malformed, unknown, revoked or out-of-scope key or a
+    disallowed address. Records last-used time, at most once a minute per key.
+    """
+    if not presented or not presented.startswith(KEY_PREFIX) or len(presented) > 128:
+        raise Unauthorized()
+    prefix = presented[: len(KEY_PREFIX) + 8]
+    now = clock.now()
+    with unit_of_work() as uow:
+        row = uow.session.execute(select(K).where(K.c.prefix == prefix)).first()
+        if row is None or not hmac.compare_digest(row.key_hash, _digest(presented)):
+            raise Unauthorized()
+        if row.revoked_at is not None or row.scope != scope:
+            raise Unauthorized()
+        if row.allowed_ips:
+            try:
+                addr = ipaddress.ip_address(remote_addr or "")
+            except ValueError as exc:
+                raise Unauthorized() from exc
+            if not any(addr in net for net in _parse_networks(row.allowed_ips)):
+                raise Unauthorized()
+        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+            uow.session.execute(update(K).where(K.c.id == row.id).values(last_used_at=now))
+            uow.commit()
+        return ApiKeyView(row.id, row.name, row.prefix, row.scope, row.allowed_ips)

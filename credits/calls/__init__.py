@@ -1,0 +1,1 @@
+"""Call charging: the switch API, caller numbers and call records (traffic data)."""

@@ -1,0 +1,119 @@
+"""Switch API request and response schemas (marshmallow); unknown fields are rejected."""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from credits.calls.models import DISPOSITIONS
+from credits.calls.service import REFUSALS
+
+NUMBER = validate.Regexp(r"^\+?[0-9]{1,20}$", error="a number is 1-20 digits with an optional leading +")
+CALL_ID = [validate.Length(min=1, max=128), validate.Regexp(r"^[\x20-\x7e]+$", error="printable characters only")]
+ACCOUNT = validate.Regexp(r"^[0-9]{1,16}$", error="an account number is digits")
+SECONDS = validate.Range(min=0, max=86400)
+
+
+class AuthorizeIn(Schema):
+    call_id = fields.String(required=True, validate=CALL_ID)
+    caller = fields.String(required=True, validate=NUMBER)
+    callee = fields.String(required=True, validate=NUMBER)
+    account = fields.String(validate=ACCOUNT)
+
+
+class RateOut(Schema):
+    prefix = fields.String()
+    destination = fields.String()
+    rate_per_minute = fields.String(metadata={"description": "decimal string per minute"})
+    connect_fee = fields.String()
+    first_increment_s = fields.Integer()
+    next_increment_s = fields.Integer()
+
+
+class AuthorizeOut(Schema):
+    call_id = fields.String()
+    authorized = fields.Boolean()
+    max_duration_s = fields.Integer()
+    reserved = fields.String()
+    currency = fields.String()
+    rate = fields.Nested(RateOut)
+    balance = fields.String()
+    available = fields.String()
+    reason = fields.String(validate=validate.OneOf(REFUSALS))
+
+
+class UpdateIn(Schema):
+    elapsed_s = fields.Integer(required=True, strict=True, validate=SECONDS)
+
+
+class UpdateOut(Schema):
+    authorized = fields.Boolean()
+    max_duration_s = fields.Integer()
+
+
+class CompleteIn(Schema):
+    duration_s = fields.Integer(required=True, strict=True, validate=SECONDS)
+    disposition = fields.String(required=True, validate=validate.OneOf(DISPOSITIONS))
+    answered_at = fields.String(validate=validate.Length(max=40), allow_none=True)
+    ended_at = fields.String(validate=validate.Length(max=40), allow_none=True)
+    end_reason = fields.String(validate=validate.Length(max=32), allow_none=True)
+
+
+class CompleteOut(Schema):
+    call_id = fields.String()
+    charged = fields.String()
+    billed_duration_s = fields.Integer()
+    balance = fields.String()
+
+
+class CdrIn(Schema):
+    """One CDR (documented shape; each item is validated on its own so that one bad item is rejected alone)."""
+
+    call_id = fields.String(required=True)
+    caller = fields.String(required=True)
+    callee = fields.String(required=True)
+    duration_s = fields.Integer(required=True)
+    answered_at = fields.String(required=True)
+    disposition = fields.String(validate=validate.OneOf(DISPOSITIONS))
+    account = fields.String()
+
+
+class CdrsIn(Schema):
+    cdrs = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, max=1000),
+                       metadata={"items": {"$ref": "#/components/schemas/Cdr"}})
+
+
+class CdrResultOut(Schema):
+    call_id = fields.String(allow_none=True)
+    status = fields.String(validate=validate.OneOf(["charged", "duplicate", "rejected"]))
+    charged = fields.String()
+    error = fields.String(allow_none=True)
+
+
+class CdrsOut(Schema):
+    results = fields.List(fields.Nested(CdrResultOut))
+
+
+class WhoQuery(Schema):
+    caller = fields.String(validate=NUMBER)
+    account = fields.String(validate=ACCOUNT)
+
+
+class QuoteQuery(WhoQuery):
+    callee = fields.String(required=True, validate=NUMBER)
+
+
+class BalanceOut(Schema):
+    account = fields.String()
+    balance = fields.String()
+    available = fields.String()
+    currency = fields.String()
+    next_expiry_at = fields.String(allow_none=True)
+
+
+class QuoteOut(Schema):
+    authorized = fields.Boolean()
+    max_duration_s = fields.Integer()
+    reason = fields.String(allow_none=True)
+    currency = fields.String(allow_none=True)
+    rate = fields.Nested(RateOut, allow_none=True)
+    available = fields.String(allow_none=True)

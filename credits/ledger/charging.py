@@ -1,0 +1,100 @@
+"""Ledger steps for call charging, run inside the caller's transaction on a wallet it has already locked.
+
+Call charging folds reserve and settle into the same statements as its call records, so it cannot use the
+one-transaction-each public functions of `service`; these are the building blocks it uses instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, update
+from sqlalchemy.orm import Session
+
+from credits.db import insert_for
+from credits.ledger.draw import draw
+from credits.ledger.models import Hold, Wallet
+from credits.ledger.service import _new_tx, _next_expiry, _open_lots, _post, _take_from_lots
+
+W: Table = Wallet.__table__  # type: ignore[assignment]
+H: Table = Hold.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Charge:
+    charged: int
+    shortfall: int
+    tx_id: int | None
+
+
+def insert_hold(session: Session, wallet_id: int, key: str, amount: int, now: datetime,
+                expires_at: datetime) -> int | None:
+    """Insert an active hold on a locked wallet whose available credit covers `amount`; bump `held`.
+
+    Returns the hold id, or None when a hold with `key` exists already (a replay: nothing is changed).
+    """
+    hold_id: int | None = session.execute(
+        insert_for(session.get_bind().dialect.name)(H)
+        .values(wallet_id=wallet_id, key=key, amount=amount, status="active", created_at=now,
+                expires_at=expires_at, shortfall=0)
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(H.c.id)
+    ).scalar()
+    if hold_id is not None:
+        session.execute(update(W).where(W.c.id == wallet_id).values(held=W.c.held + amount))
+    return hold_id
+
+
+def resize_hold(session: Session, wallet_id: int, hold_id: int, old_amount: int, new_amount: int,
+                expires_at: datetime) -> None:
+    """Change an active hold's amount and deadline on a locked wallet (the caller checked available)."""
+    session.execute(update(H).where(H.c.id == hold_id).values(amount=new_amount, expires_at=expires_at))
+    session.execute(update(W).where(W.c.id == wallet_id).values(held=W.c.held + (new_amount - old_amount)))
+
+
+def release_hold(session: Session, wallet_id: int, hold: Any, now: datetime) -> None:
+    """Release an active hold (nothing charged); a hold in a final state is left alone."""
+    if hold.status != "active":
+        return
+    session.execute(update(H).where(H.c.id == hold.id).values(status="released", finished_at=now))
+    session.execute(update(W).where(W.c.id == wallet_id).values(held=W.c.held - hold.amount))
+
+
+def charge(session: Session, wallet: Any, amount: int, now: datetime, *, hold: Any | None = None,
+           since: datetime | None = None, memo: str = "") -> Charge:
+    """Charge `amount` to a locked wallet, settling `hold` if given; return what was taken and the shortfall.
+
+    With an active hold: draws from lots that had not expired when the hold was made, releases the hold, and
+    may take more than the hold from available credit. With no hold (batch CDRs) or an expired one (a late
+    completion): draws from lots live at `since` (default now) out of available credit only. What cannot
+    be covered is booked to `credit_loss`. `wallet` is the locked row (balance, held).
+    """
+    active = hold is not None and hold.status == "active"
+    reserved = hold.amount if active else 0
+    eligible_since = hold.created_at if active else (since or now)
+    lots = _open_lots(session, wallet.id)
+    eligible = [lot for lot in lots if lot.expires_at > eligible_since]
+    coverable = max(0, min(amount, reserved + wallet.balance - wallet.held, sum(lot.remaining for lot in eligible)))
+    shortfall = amount - coverable
+    taken = draw(eligible, coverable)
+    tx_id: int | None = None
+    if amount > 0:
+        tx_id = _new_tx(session, "settle", now, memo=memo[:200])
+        legs: list[dict[str, Any]] = [{"wallet_id": wallet.id, "lot_id": i, "amount": -p} for i, p in taken]
+        legs.append({"system_account": "usage_revenue", "amount": amount})
+        legs.append({"system_account": "credit_loss", "amount": -shortfall})
+        _post(session, tx_id, legs)
+        _take_from_lots(session, taken)
+    if hold is not None:
+        session.execute(
+            update(H).where(H.c.id == hold.id).values(
+                status="settled" if active else hold.status, finished_at=hold.finished_at or now,
+                charged=coverable, shortfall=shortfall, tx_id=tx_id)
+        )
+    session.execute(
+        update(W).where(W.c.id == wallet.id).values(
+            balance=W.c.balance - coverable, held=W.c.held - reserved, next_expiry_at=_next_expiry(lots, taken))
+    )
+    return Charge(coverable, shortfall, tx_id)

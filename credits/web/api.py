@@ -1,0 +1,30 @@
+"""The JSON API: one flask-smorest Api whose OpenAPI document is served at /api/v1/openapi.json."""
+
+from __future__ import annotations
+
+from flask import Flask
+from flask_smorest import Api
+
+API_PREFIX = "/api/v1"
+
+
+def init_api(app: Flask) -> Api:
+    app.config.update(
+        API_TITLE="Prepaid VoIP credits API",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX=API_PREFIX,
+        OPENAPI_JSON_PATH="openapi.json",
+        API_SPEC_OPTIONS={
+            "info": {"description": "Switch API (bearer API key), customer, staff and public endpoints. "
+                                    "Amounts are decimal strings; errors are application/problem+json."},
+            "components": {"securitySchemes": {
+                "switchKey": {"type": "http", "scheme": "bearer", "description": "switch API key (scope switch)"},
+            }},
+        },
+    )
+    api = Api(app)
+    from credits.calls.api import blp as calls_blp
+
+    api.register_blueprint(calls_blp)
+    return api
