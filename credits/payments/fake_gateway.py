@@ -44,6 +44,7 @@ from credits.payments.gateway import (
     check_amount_minor,
     check_idempotency_key,
     check_metadata,
+    check_refund_amount,
 )
 
 T = TypeVar("T")
@@ -343,10 +344,11 @@ class FakeGateway:
         self,
         payment_intent_id: str,
         *,
-        amount_minor: int | None = None,
+        amount_minor: int,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str,
     ) -> RefundResult:
+        check_refund_amount(amount_minor)
         meta = check_metadata(metadata)
 
         def run() -> RefundResult:
@@ -357,9 +359,7 @@ class FakeGateway:
             if pi.status != "succeeded":
                 raise RefundFailed("the payment did not succeed", reason="not_succeeded", payment_intent_id=pi.id)
             left = pi.amount - pi.refunded
-            amount = left if amount_minor is None else amount_minor
-            if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-                raise RefundFailed("nothing left to refund" if left == 0 else "bad amount", reason="amount_invalid")
+            amount = amount_minor
             if amount > left:
                 raise RefundFailed(
                     f"refund of {amount} exceeds the {left} left", reason="amount_too_large", payment_intent_id=pi.id

@@ -217,14 +217,17 @@ class PaymentGateway(Protocol):
         self,
         payment_intent_id: str,
         *,
-        amount_minor: int | None = None,
+        amount_minor: int,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str,
     ) -> RefundResult:
-        """Refund `amount_minor` (all that is left when None) of a succeeded intent.
+        """Refund `amount_minor` of a succeeded intent (always an explicit amount: localstripe would refund the
+        whole charge again where Stripe refunds what is left).
 
         The ledger decides what is refundable; localstripe accepts over-refunds, Stripe and the fake refuse
-        them. Raises RefundFailed when the gateway refuses, GatewayNotFound, GatewayUnavailable, GatewayTimeout.
+        them. Raises RefundFailed when the gateway refuses (the caller restores the credit),
+        GatewayUnavailable (nothing was sent: restore too), GatewayTimeout (unknown: retry with the same key),
+        GatewayNotFound.
         """
         ...
 
@@ -232,7 +235,7 @@ class PaymentGateway(Protocol):
         """Verify the Stripe-Signature header on the exact raw body with the webhook secret, then parse it.
 
         Raises SignatureMissing (no header or no t=/v1=), SignatureMismatch (forged or altered),
-        SignatureExpired (older or newer than the tolerance), InvalidWebhookPayload (not an event).
+        SignatureExpired (older than the tolerance), InvalidWebhookPayload (not an event).
         """
         ...
 
@@ -267,4 +270,11 @@ def check_amount_minor(amount_minor: int, currency: str) -> int:
     if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
         raise ValidationError("a gateway amount is a positive integer of minor units", field="amount")
     money.check_amount(money.minor_to_micro(amount_minor, currency))
+    return amount_minor
+
+
+def check_refund_amount(amount_minor: int) -> int:
+    """Return the amount if it is a positive int of minor units; raise ValidationError otherwise."""
+    if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
+        raise ValidationError("a refund amount is a positive integer of minor units", field="amount")
     return amount_minor

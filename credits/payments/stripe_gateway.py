@@ -37,6 +37,7 @@ from credits.payments.gateway import (
     check_amount_minor,
     check_idempotency_key,
     check_metadata,
+    check_refund_amount,
 )
 
 #: The Stripe API version every request names. stripe-python 16.x is generated for exactly this version
@@ -209,15 +210,16 @@ class StripeGateway:
         self,
         payment_intent_id: str,
         *,
-        amount_minor: int | None = None,
+        amount_minor: int,
         metadata: Mapping[str, str] | None = None,
         idempotency_key: str,
     ) -> RefundResult:
-        params: dict[str, Any] = {"payment_intent": payment_intent_id, "metadata": check_metadata(metadata)}
-        if amount_minor is not None:
-            if isinstance(amount_minor, bool) or not isinstance(amount_minor, int) or amount_minor <= 0:
-                raise RefundFailed("a refund amount is a positive integer of minor units", reason="bad amount")
-            params["amount"] = amount_minor
+        check_refund_amount(amount_minor)
+        params: dict[str, Any] = {
+            "payment_intent": payment_intent_id,
+            "amount": amount_minor,
+            "metadata": check_metadata(metadata),
+        }
         try:
             with _mapped():
                 obj = _data(self._client.v1.refunds.create(cast(Any, params), _opts(idempotency_key)))
