@@ -204,12 +204,18 @@ def _lock_wallets(session: Session, wallet_ids: Sequence[int]) -> dict[int, Row[
     return found
 
 
-def _lock_wallet_of_hold(session: Session, key: str) -> Row[Any]:
-    """Lock the wallet that holds the hold `key` (one statement); raise NotFound for an unknown key."""
+def _lock_hold(session: Session, key: str) -> Row[Any]:
+    """Lock the hold `key` and its wallet in one statement; raise NotFound for an unknown key.
+
+    The row has the hold's columns plus its wallet's `w_balance`, `w_held` and `w_next_expiry_at`.
+    (FOR UPDATE over the join locks both rows: one round trip fewer on the call-completion path.)
+    """
     if not isinstance(key, str) or not 1 <= len(key) <= KEY_MAX:
         raise NotFound("no hold with that key")
     row = session.execute(
-        select(W).where(W.c.id == select(H.c.wallet_id).where(H.c.key == key).scalar_subquery()).with_for_update()
+        select(H, W.c.balance.label("w_balance"), W.c.held.label("w_held"),
+               W.c.next_expiry_at.label("w_next_expiry_at"))
+        .select_from(W.join(H, H.c.wallet_id == W.c.id)).where(H.c.key == key).with_for_update()
     ).first()
     if row is None:
         raise NotFound("no hold with that key")
@@ -487,9 +493,8 @@ def _settle(session: Session, key: str, amount: int, now: datetime, *, memo: str
         raise ValidationError("a charge is a non-negative integer of micro-units", field="amount")
     if amount > money.MAX_AMOUNT:
         raise ValidationError("the charge is larger than the maximum", field="amount")
-    wallet = _lock_wallet_of_hold(session, key)
-    wallet_id = wallet.id
-    hold = session.execute(select(H).where(H.c.key == key).with_for_update()).one()
+    hold = _lock_hold(session, key)
+    wallet_id = hold.wallet_id
     if hold.charged is not None:
         if hold.charged + hold.shortfall != amount:
             raise IdempotencyConflict("this hold was already settled for a different amount")
@@ -498,16 +503,16 @@ def _settle(session: Session, key: str, amount: int, now: datetime, *, memo: str
         raise Conflict("this hold was released")
     late = hold.status == "expired"
     reserved = 0 if late else hold.amount
-    balance = wallet.balance
-    if wallet.next_expiry_at is not None and wallet.next_expiry_at <= now:
-        # Expired credit is not available credit: break it before charging (this hold, still active, keeps
+    balance = hold.w_balance
+    if hold.w_next_expiry_at is not None and hold.w_next_expiry_at <= now:
+        # Expired credit is not available credit: break it before charging (an active hold keeps
         # what it needs of lots that expired after it was made), so that a charge above the hold cannot
         # spend credit that the expiry job would have taken, whether or not the job ran first.
         balance -= _expire_wallet(session, wallet_id, now)[1]
     lots = _open_lots(session, wallet_id)
     since = now if late else hold.created_at
     eligible = [lot for lot in lots if lot.expires_at > since]
-    coverable = min(amount, reserved + balance - wallet.held, sum(lot.remaining for lot in eligible))
+    coverable = min(amount, reserved + balance - hold.w_held, sum(lot.remaining for lot in eligible))
     shortfall = amount - coverable
     taken = draw(eligible, coverable)
     if amount > 0:
@@ -551,8 +556,8 @@ def settle(key: str, amount: int, *, memo: str = "") -> HoldView:
 
 
 def _release(session: Session, key: str, now: datetime, *, status: str = "released") -> HoldView:
-    wallet_id = _lock_wallet_of_hold(session, key).id
-    hold = session.execute(select(H).where(H.c.key == key).with_for_update()).one()
+    hold = _lock_hold(session, key)
+    wallet_id = hold.wallet_id
     if hold.status != "active":
         if hold.status in ("released", "expired") and hold.charged is None:
             return _hold_view(hold, created=False)
