@@ -65,6 +65,24 @@ def _check_wallets(s: Session, report: AuditReport) -> None:
         )
 
 
+def _check_next_expiry(s: Session, report: AuditReport) -> None:
+    """`next_expiry_at` may be early (a harmless extra visit) but never late: the expiry job would skip lots."""
+    report.checks += 1
+    earliest = (
+        select(L.c.wallet_id, func.min(L.c.expires_at).label("earliest"))
+        .where(L.c.remaining > 0).group_by(L.c.wallet_id).subquery()
+    )
+    for number, next_expiry, first in s.execute(
+        select(W.c.account_number, W.c.next_expiry_at, earliest.c.earliest)
+        .join(earliest, earliest.c.wallet_id == W.c.id)
+        .where(W.c.next_expiry_at.is_(None) | (W.c.next_expiry_at > earliest.c.earliest))
+        .limit(LIMIT)
+    ).all():
+        report.violations.append(
+            f"wallet {number}: next_expiry_at {next_expiry} is later than its earliest lot expiry {first}"
+        )
+
+
 def _check_transactions(s: Session, report: AuditReport) -> None:
     report.checks += 1
     for tx_id, total in s.execute(
@@ -94,6 +112,12 @@ def _check_lots(s: Session, report: AuditReport) -> None:
         .where(L.c.remaining != func.coalesce(moved.c.total, 0)).limit(LIMIT)
     ).all():
         report.violations.append(f"lot {lot_id}: remaining {remaining} but its postings sum to {total}")
+    report.checks += 1
+    for posting_id, lot_id, posted_to, owner in s.execute(
+        select(P.c.id, P.c.lot_id, P.c.wallet_id, L.c.wallet_id).join(L, L.c.id == P.c.lot_id)
+        .where((P.c.wallet_id.is_(None)) | (P.c.wallet_id != L.c.wallet_id)).limit(LIMIT)
+    ).all():
+        report.violations.append(f"posting {posting_id}: names lot {lot_id} of wallet {owner} but posts to {posted_to}")
 
 
 def _check_holds(s: Session, report: AuditReport) -> None:
@@ -113,7 +137,7 @@ def run_audit() -> AuditReport:
     """Check every ledger invariant; return a report listing each violation (at most 50 per check)."""
     report = AuditReport()
     with unit_of_work() as uow:
-        for check in (_check_wallets, _check_transactions, _check_lots, _check_holds):
+        for check in (_check_wallets, _check_next_expiry, _check_transactions, _check_lots, _check_holds):
             check(uow.session, report)
         from credits import extensions
 
