@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, func, insert, select, update
+from sqlalchemy import Row, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from credits import clock, config, money
@@ -38,12 +38,12 @@ from credits.ledger.models import (
     Wallet,
 )
 
-W = Wallet.__table__
-L = Lot.__table__
-J = JournalTransaction.__table__
-P = Posting.__table__
-H = Hold.__table__
-T = Transfer.__table__
+W: Table = Wallet.__table__  # type: ignore[assignment]
+L: Table = Lot.__table__  # type: ignore[assignment]
+J: Table = JournalTransaction.__table__  # type: ignore[assignment]
+P: Table = Posting.__table__  # type: ignore[assignment]
+H: Table = Hold.__table__  # type: ignore[assignment]
+T: Table = Transfer.__table__  # type: ignore[assignment]
 
 GRANT_COUNTER_ACCOUNT = {
     "purchase": "gateway_clearing",
@@ -582,7 +582,7 @@ def sweep_holds(now: datetime | None = None, batch: int = 500) -> int:
     total = 0
     while True:
         with unit_of_work() as uow:
-            keys = uow.session.execute(
+            keys: Sequence[str] = uow.session.execute(
                 # Wallet order, like every other multi-wallet lock, so a sweep cannot deadlock with a transfer.
                 select(H.c.key).where(H.c.status == "active", H.c.expires_at <= now)
                 .order_by(H.c.wallet_id, H.c.id).limit(batch)
@@ -730,7 +730,7 @@ def _transfer(session: Session, from_wallet_id: int, to: str | int, amount: int,
         raise AccountNotActive("the recipient's account cannot receive credit")
     if source.currency != target.currency:
         raise ValidationError("the recipient's wallet holds another currency", field="to")
-    sent_today = session.execute(
+    sent_today: int = session.execute(
         select(func.coalesce(func.sum(T.c.amount), 0))
         .where(T.c.from_wallet_id == from_wallet_id, T.c.created_at > now - timedelta(days=1))
     ).scalar_one()
@@ -773,7 +773,7 @@ def _transfer(session: Session, from_wallet_id: int, to: str | int, amount: int,
 
 
 def _transfer_view(session: Session, row: Any, created: bool) -> TransferView:
-    numbers = dict(session.execute(
+    numbers: dict[int, str] = dict(session.execute(
         select(W.c.id, W.c.account_number).where(W.c.id.in_([row.from_wallet_id, row.to_wallet_id]))
     ).all())
     return TransferView(row.id, row.tx_id, row.from_wallet_id, row.to_wallet_id, numbers[row.from_wallet_id],
@@ -814,7 +814,7 @@ def _debit_lot(session: Session, lot_id: int, amount: int, now: datetime, *, key
     wallet = _lock_wallets(session, [wallet_id])[wallet_id]
     replay = session.execute(select(J.c.id, J.c.kind).where(J.c.idempotency_key == key)).first()
     if replay is not None:
-        moved = session.execute(
+        moved: int = session.execute(
             select(func.coalesce(func.sum(P.c.amount), 0)).where(P.c.tx_id == replay.id, P.c.lot_id == lot_id)
         ).scalar_one()
         if replay.kind != "refund_debit" or -moved != amount:
@@ -901,7 +901,7 @@ def statement(account: str | int, *, after: str | None = None, limit: int = 50) 
         running = wallet.balance
         if cursor is not None:
             query = query.where(P.c.tx_id < cursor)
-            newer = s.execute(
+            newer: int = s.execute(
                 select(func.coalesce(func.sum(P.c.amount), 0)).where(mine, P.c.tx_id >= cursor)
             ).scalar_one()
             running -= newer
@@ -929,7 +929,7 @@ def system_balances() -> dict[str, int]:
             select(P.c.system_account, func.sum(P.c.amount)).where(P.c.system_account.is_not(None))
             .group_by(P.c.system_account)
         ).all()
-        return {str(name): int(total) for name, total in rows}
+        return {str(name): int(total) for name, total in rows}  # type: ignore[call-overload]
 
 
 __all__ = [
