@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,6 +37,7 @@ from credits.payments.errors import (
     GatewayNotFound,
     GatewayTimeout,
     GatewayUnavailable,
+    InvalidWebhookPayload,
     RefundFailed,
     SignatureExpired,
     SignatureMismatch,
@@ -393,6 +395,14 @@ def test_webhook_missing_signature_fails(driver: Driver, header: str | None) -> 
     assert caught.value.status == 400
 
 
+def test_webhook_body_must_be_raw_bytes_of_an_event(driver: Driver) -> None:
+    body = b"not json"
+    with pytest.raises(InvalidWebhookPayload):
+        driver.gateway.construct_webhook_event(body, _sign(body, WEBHOOK_SECRET, _now()))
+    with pytest.raises(InvalidWebhookPayload):
+        driver.gateway.construct_webhook_event(EVENT.decode(), _sign(EVENT, WEBHOOK_SECRET, _now()))  # type: ignore[arg-type]
+
+
 def test_webhook_stale_signature_fails(driver: Driver) -> None:
     with pytest.raises(SignatureExpired):
         driver.gateway.construct_webhook_event(EVENT, _sign(EVENT, WEBHOOK_SECRET, _now() - 301))
@@ -595,6 +605,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
     requests: list[tuple[str, dict[str, str], bytes]]
     body: bytes = b"{}"
+    status: int = 200
     hang_s: float = 0.0
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -603,7 +614,7 @@ class _Recorder(BaseHTTPRequestHandler):
         if self.hang_s:
             time.sleep(self.hang_s)
             return
-        self.send_response(200)
+        self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
@@ -615,7 +626,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recorder() -> Iterator[tuple[str, type[_Recorder]]]:
-    handler = type("Handler", (_Recorder,), {"requests": [], "body": b"{}", "hang_s": 0.0})
+    handler = type("Handler", (_Recorder,), {"requests": [], "body": b"{}", "status": 200, "hang_s": 0.0})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -638,6 +649,73 @@ def test_sends_our_idempotency_key_and_the_pinned_version_once(recorder: tuple[s
     assert headers["Idempotency-Key"] == "wallet:1:customer"
     assert headers["Stripe-Version"] == STRIPE_API_VERSION
     assert body == b"metadata[wallet_id]=1"
+
+
+# Answers only real Stripe gives (localstripe's errors carry no payment_intent), in Stripe's documented shape.
+STRIPE_DECLINE = {
+    "error": {
+        "type": "card_error",
+        "code": "card_declined",
+        "decline_code": "insufficient_funds",
+        "message": "Your card has insufficient funds.",
+        "charge": "ch_1",
+        "payment_intent": {"id": "pi_1", "object": "payment_intent", "status": "requires_payment_method"},
+    }
+}
+STRIPE_AUTH_REQUIRED = {
+    "error": {
+        "type": "card_error",
+        "code": "authentication_required",
+        "message": "This payment requires authentication.",
+        "payment_method": {"id": "pm_1", "object": "payment_method"},
+        "payment_intent": {
+            "id": "pi_2",
+            "object": "payment_intent",
+            "status": "requires_payment_method",
+            "client_secret": "pi_2_secret_x",
+        },
+    }
+}
+
+
+@pytest.mark.parametrize("off_session", [False, True])
+def test_stripe_card_errors_are_mapped(recorder: tuple[str, type[_Recorder]], off_session: bool) -> None:
+    url, handler = recorder
+    gw = StripeGateway(TEST_SECRET_KEY, api_base=url)
+    kwargs: dict[str, Any] = dict(amount_minor=500, currency="EUR", customer_id="cus_1", payment_method_id="pm_1")
+    handler.status, handler.body = 402, json.dumps(STRIPE_DECLINE).encode()
+    with pytest.raises(CardDeclined) as declined:
+        gw.create_payment_intent(**kwargs, idempotency_key="k1", off_session=off_session)
+    assert (declined.value.payment_intent_id, declined.value.decline_code) == ("pi_1", "insufficient_funds")
+    handler.body = json.dumps(STRIPE_AUTH_REQUIRED).encode()
+    with pytest.raises(AuthenticationRequired) as auth:
+        gw.create_payment_intent(**kwargs, idempotency_key="k2", off_session=off_session)
+    assert (auth.value.payment_intent_id, auth.value.client_secret, auth.value.payment_method_id) == (
+        "pi_2", "pi_2_secret_x", "pm_1",
+    )  # fmt: skip
+    sent = dict(urllib.parse.parse_qsl(handler.requests[0][2].decode()))
+    assert sent["confirm"] == "true" and sent["currency"] == "eur" and sent["payment_method_types[0]"] == "card"
+    assert ("off_session" in sent) is off_session
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (500, {"error": {"type": "api_error", "message": "boom"}}, GatewayTimeout),
+        (429, {"error": {"type": "invalid_request_error", "code": "rate_limit"}}, GatewayUnavailable),
+        (400, {"error": {"type": "idempotency_error", "message": "Keys for idempotent requests"}}, IdempotencyConflict),
+        (404, {"error": {"type": "invalid_request_error", "code": "resource_missing"}}, GatewayNotFound),
+        (400, {"error": {"type": "invalid_request_error", "code": "charge_already_refunded"}}, RefundFailed),
+    ],
+)
+def test_stripe_refund_errors_are_mapped(
+    recorder: tuple[str, type[_Recorder]], status: int, body: dict[str, Any], error: type[Exception]
+) -> None:
+    url, handler = recorder
+    handler.status, handler.body = status, json.dumps(body).encode()
+    with pytest.raises(error):
+        StripeGateway(TEST_SECRET_KEY, api_base=url).refund("pi_1", amount_minor=100, idempotency_key="refund:1")
+    assert len(handler.requests) == 1
 
 
 def test_connection_refused_is_unavailable() -> None:
