@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from credits import clock, config, money
+from credits import clock, config, crypto, money
 from credits.accounts.models import ROLES, STATUSES, User
 from credits.accounts.passwords import hash_password
 from credits.db import unit_of_work
@@ -33,6 +33,11 @@ def normalise_email(email: str) -> str:
     return email.strip().lower()
 
 
+def email_index(email: str) -> str:
+    """The blind index of a (normalised) email address: how accounts are found by email."""
+    return crypto.blind_index("email", normalise_email(email))
+
+
 def create_account(email: str, password: str, *, role: str = "customer", currency: str | None = None,
                    phone: str | None = None, plan: str | None = None) -> AccountView:
     """Create a user and their wallet in one transaction, optionally with a caller number and a rate plan.
@@ -51,11 +56,14 @@ def create_account(email: str, password: str, *, role: str = "customer", currenc
     with unit_of_work() as uow:
         try:
             user_id: int = uow.session.execute(
-                insert(User).values(email=email, password_hash=pw_hash, role=role, status="active", created_at=now)
+                insert(User).values(email_enc="", email_bidx=email_index(email), password_hash=pw_hash, role=role,
+                                    status="active", created_at=now)
                 .returning(User.id)
             ).scalar_one()
         except IntegrityError as exc:
             raise Conflict("an account with this email already exists") from exc
+        uow.session.execute(update(User).where(User.id == user_id).values(
+            email_enc=crypto.encrypt(email, "users", "email_enc", user_id)))
         wallet = _open_wallet(uow.session, user_id, currency, now)
         if phone:
             from credits.calls.service import _register_number

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from credits.db import Base, BigInt, UTCDateTime
@@ -14,13 +14,17 @@ DISPOSITIONS = ("answered", "no_answer", "busy", "failed", "cancelled")
 
 
 class CallerNumber(Base):
-    """A phone number registered to a wallet (E.164 with '+'); unique across all accounts."""
+    """A phone number registered to a wallet (E.164 with '+'), unique across all accounts.
+
+    Stored encrypted (caller_numbers.number_enc.<id>); the switch finds it by its blind index.
+    """
 
     __tablename__ = "caller_numbers"
 
     id: Mapped[int] = mapped_column(BigInt, primary_key=True)
     wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), index=True)
-    number: Mapped[str] = mapped_column(String(21), unique=True)
+    number_enc: Mapped[str] = mapped_column(Text)
+    number_bidx: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

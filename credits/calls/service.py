@@ -18,7 +18,7 @@ import phonenumbers
 from sqlalchemy import Row, Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from credits import clock, config, money
+from credits import clock, config, crypto, money
 from credits.accounts.models import User
 from credits.calls.models import DISPOSITIONS, Call, CallerNumber
 from credits.db import insert_for, unit_of_work
@@ -163,7 +163,8 @@ def normalise_caller_number(number: str, region: str | None = None) -> str:
 def _wallet_query(caller: str | None, account: str | None) -> Any:
     plan_join = or_(
         PLANS.c.id == W.c.rate_plan_id,
-        and_(W.c.rate_plan_id.is_(None), PLANS.c.name == DEFAULT_PLAN),
+        # The default plan rates only wallets of its own currency: no implicit exchange.
+        and_(W.c.rate_plan_id.is_(None), PLANS.c.name == DEFAULT_PLAN, PLANS.c.currency == W.c.currency),
     )
     query = (
         select(W.c.id, W.c.account_number, W.c.balance, W.c.held, W.c.currency, W.c.next_expiry_at,
@@ -173,7 +174,8 @@ def _wallet_query(caller: str | None, account: str | None) -> Any:
     )
     if account:
         return query.where(W.c.account_number == account)
-    return query.where(W.c.id == select(CN.c.wallet_id).where(CN.c.number == caller).scalar_subquery())
+    index = crypto.blind_index("phone", caller or "")
+    return query.where(W.c.id == select(CN.c.wallet_id).where(CN.c.number_bidx == index).scalar_subquery())
 
 
 def _find_wallet(session: Session, caller: str | None, account: str | None, lock: bool) -> Row[Any] | None:
@@ -198,8 +200,11 @@ def _rate_for(session: Session, wallet: Row[Any], callee: str, on: date) -> Rate
 
 
 def _active_calls(session: Session, wallet_id: int) -> int:
+    """Calls of the wallet in progress: authorised, not completed, and still holding credit (a call whose hold
+    the sweep expired is over, whether or not it has been marked abandoned yet)."""
     return int(session.execute(
-        select(func.count()).select_from(C).where(C.c.wallet_id == wallet_id, C.c.status == "authorized")
+        select(func.count()).select_from(C).join(H, H.c.id == C.c.hold_id)
+        .where(C.c.wallet_id == wallet_id, C.c.status == "authorized", H.c.status == "active")
     ).scalar_one())
 
 
@@ -234,19 +239,28 @@ def _stored_answer(session: Session, call_id: str, wallet_id: int | None) -> Aut
                            row.balance, row.balance - row.held)
 
 
-def authorize(call_id: str, caller: str, callee: str, account: str | None = None) -> AuthorizeResult:
+def _check_account(account: object) -> str | None:
+    if account is not None and (not isinstance(account, str) or not (account.isascii() and account.isdigit())
+                                or len(account) > 16):
+        raise ValidationError("account must be an account number", field="account")
+    return account
+
+
+def authorize(call_id: str, caller: str | None, callee: str, account: str | None = None) -> AuthorizeResult:
     """Decide whether a call may go ahead and for how long, reserving the credit for that long.
 
-    The account is `account` if given, else the wallet with `caller` among its registered numbers.
-    Refusals are answers, not errors: authorized False with a reason from REFUSALS. A retry with the same
-    call_id returns the first answer and reserves nothing more. Raises ValidationError on malformed input
-    and Conflict when the call_id was authorised for another account.
+    The account is `account` if given, else the wallet with `caller` among its registered numbers (the
+    caller may then be left out). Refusals are answers, not errors: authorized False with a reason from
+    REFUSALS. A retry with the same call_id returns the first answer and reserves nothing more. Raises
+    ValidationError on malformed input and Conflict when the call_id was authorised for another account
+    or already names a call reported as a CDR.
     """
     call_id = check_call_id(call_id)
-    caller_n = e164(caller, "caller")
+    caller_n = e164(caller, "caller") if caller is not None else None
     callee_n = e164(callee, "callee")
-    if account is not None and (not isinstance(account, str) or not account.isdigit() or len(account) > 16):
-        raise ValidationError("account must be an account number", field="account")
+    account = _check_account(account)
+    if caller_n is None and account is None:
+        raise ValidationError("give the caller number or the account", field="caller")
     cfg = config.current()
     now = clock.now()
     with unit_of_work() as uow:
@@ -287,13 +301,15 @@ def authorize(call_id: str, caller: str, callee: str, account: str | None = None
             if stored is None:
                 raise Conflict("this call_id is already in use")
             return stored
-        s.execute(insert(C).values(
-            call_id=call_id, wallet_id=wallet.id, hold_id=hold_id, source="switch", caller=caller_n, callee=callee_n,
-            status="authorized", authorized_at=now, max_duration_s=max_d, reserved=amount,
+        inserted = s.execute(insert_for(uow.dialect)(C).values(
+            call_id=call_id, wallet_id=wallet.id, hold_id=hold_id, source="switch", caller=caller_n or "",
+            callee=callee_n, status="authorized", authorized_at=now, max_duration_s=max_d, reserved=amount,
             rate_prefix=rate.prefix, rate_destination=rate.destination, rate_per_minute=rate.rate_per_minute,
             connect_fee=rate.connect_fee, first_increment_s=rate.first_increment_s,
             next_increment_s=rate.next_increment_s, flagged=False,
-        ))
+        ).on_conflict_do_nothing(index_elements=["call_id"]).returning(C.c.id)).scalar()
+        if inserted is None:  # a call reported earlier as a CDR (no hold): leaving rolls the new hold back
+            raise Conflict("this call_id is already in use")
         uow.commit()
         return AuthorizeResult(call_id, True, max_d, None, amount, wallet.currency, rate, wallet.balance,
                                available - amount)
@@ -461,8 +477,9 @@ def _cdr_item(s: Session, item: Any, now: datetime, cap: int) -> CdrResult:
         if unknown:
             raise ValidationError(f"unknown fields: {', '.join(sorted(unknown))}")
         call_id = check_call_id(call_id)
-        caller = e164(item.get("caller"), "caller")  # type: ignore[arg-type]
-        callee = e164(item.get("callee"), "callee")  # type: ignore[arg-type]
+        account = _check_account(item.get("account"))
+        caller = None if account is not None and item.get("caller") is None else e164(item.get("caller"), "caller")
+        callee = e164(item.get("callee"), "callee")
         duration = check_duration(item.get("duration_s"), "duration_s")
         disposition = item.get("disposition", "answered")
         if disposition not in DISPOSITIONS:
@@ -470,9 +487,6 @@ def _cdr_item(s: Session, item: Any, now: datetime, cap: int) -> CdrResult:
         answered = _parse_time(item.get("answered_at"), "answered_at")
         if answered is None:
             raise ValidationError("answered_at is required")
-        account = item.get("account")
-        if account is not None and (not isinstance(account, str) or not account.isdigit()):
-            raise ValidationError("account must be an account number")
     except ValidationError as exc:
         return CdrResult(call_id if isinstance(call_id, str) else None, "rejected", error=exc.message)
     with s.begin_nested():
@@ -487,7 +501,8 @@ def _cdr_item(s: Session, item: Any, now: datetime, cap: int) -> CdrResult:
         billed = engine.billed_seconds(duration, rate.first_increment_s, rate.next_increment_s) if chargeable else 0
         inserted = s.execute(
             insert_for(s.get_bind().dialect.name)(C).values(
-                call_id=call_id, wallet_id=wallet.id, source="cdr", caller=caller, callee=callee, status="completed",
+                call_id=call_id, wallet_id=wallet.id, source="cdr", caller=caller or "", callee=callee,
+                status="completed",
                 authorized_at=answered, answered_at=answered if chargeable else None,
                 ended_at=answered + timedelta(seconds=duration), completed_at=now, max_duration_s=0, reserved=0,
                 rate_prefix=rate.prefix, rate_destination=rate.destination, rate_per_minute=rate.rate_per_minute,
@@ -581,21 +596,27 @@ def register_caller_number(wallet_id: int, number: str) -> str:
 
 def _register_number(s: Session, wallet_id: int, number: str, now: datetime) -> str:
     normalised = normalise_caller_number(number)
-    owner = s.execute(select(CN.c.wallet_id).where(CN.c.number == normalised)).scalar()
+    index = crypto.blind_index("phone", normalised)
+    owner = s.execute(select(CN.c.wallet_id).where(CN.c.number_bidx == index)).scalar()
     if owner is not None:
         if owner == wallet_id:
             return normalised
         raise Conflict("this number is registered to another account")
     if s.execute(select(W.c.id).where(W.c.id == wallet_id)).scalar() is None:
         raise NotFound("no such wallet")
-    s.execute(insert(CN).values(wallet_id=wallet_id, number=normalised, created_at=now))
+    number_id = s.execute(
+        insert(CN).values(wallet_id=wallet_id, number_enc="", number_bidx=index, created_at=now).returning(CN.c.id)
+    ).scalar_one()
+    s.execute(update(CN).where(CN.c.id == number_id).values(
+        number_enc=crypto.encrypt(normalised, "caller_numbers", "number_enc", number_id)))
     return normalised
 
 
 def caller_numbers(wallet_id: int) -> list[str]:
     with unit_of_work() as uow:
-        return list(uow.session.execute(
-            select(CN.c.number).where(CN.c.wallet_id == wallet_id).order_by(CN.c.id)).scalars().all())
+        rows = uow.session.execute(
+            select(CN.c.id, CN.c.number_enc).where(CN.c.wallet_id == wallet_id).order_by(CN.c.id)).all()
+        return [str(crypto.decrypt(r.number_enc, "caller_numbers", "number_enc", r.id)) for r in rows]
 
 
 def set_max_concurrent_calls(wallet_id: int, limit: int | None) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Row, Table, and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from credits import clock, config, money
+from credits import clock, config, crypto, money
 from credits.accounts.models import User
 from credits.db import insert_for, unit_of_work
 from credits.errors import (
@@ -278,7 +278,8 @@ def _resolve_wallet(session: Session, account: str | int) -> Row[Any]:
     if isinstance(account, int):
         cond = W.c.id == account
     elif "@" in account:
-        cond = W.c.user_id == select(User.id).where(User.email == account.strip().lower()).scalar_subquery()
+        index = crypto.blind_index("email", account.strip().lower())
+        cond = W.c.user_id == select(User.id).where(User.email_bidx == index).scalar_subquery()
     else:
         cond = W.c.account_number == account.strip()
     row = session.execute(select(W).where(cond)).first()

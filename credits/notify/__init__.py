@@ -1,0 +1,1 @@
+"""Notifications: the outbox table, email rendering and SMTP delivery."""

@@ -1,0 +1,1 @@
+"""Security: security events, compromise and unauthorised-transaction reports."""
