@@ -50,6 +50,28 @@ class Config:
     job_interval_s: int = 0
     # Fault injection for the single-runner test: a job keeps its lock at least this long.
     job_min_runtime_ms: int = 0
+    # Sessions (K78): a web session ends after this much inactivity, and in any case this long after sign-in.
+    session_idle_minutes: int = 30
+    session_absolute_hours: int = 12
+    # Personal API tokens (POST /api/v1/auth/token): idle timeout and absolute lifetime.
+    api_token_idle_days: int = 30
+    api_token_days: int = 90
+    # Throttling (J66, J67), Flask-Limiter syntax; storage is Redis when CREDITS_REDIS_URL is set.
+    login_account_limit: str = "5 per minute; 10 per 15 minutes; 100 per day"
+    login_ip_limit: str = "30 per minute; 300 per hour"
+    register_ip_limit: str = "10 per hour"
+    reset_ip_limit: str = "10 per hour"
+    reset_account_limit: str = "3 per hour"
+    otp_account_limit: str = "5 per minute; 20 per hour"
+    otp_ip_limit: str = "30 per minute"
+    #: Reverse proxies in front of the app that append to X-Forwarded-For (0: trust no client-sent header).
+    proxy_count: int = 0
+    #: Key prefix for rate-limit counters in Redis (several deployments may share one Redis).
+    ratelimit_prefix: str = "credits"
+    #: Accept a TOTP code from the previous/next 30-second step as well (clock drift); 0 = current step only.
+    totp_valid_window: int = 1
+    password_reset_minutes: int = 30
+    email_verify_hours: int = 48
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -103,6 +125,14 @@ class Config:
             (1 <= self.max_call_duration_s <= 86400, "CREDITS_MAX_CALL_DURATION_S must be between 1 and 86400"),
             (self.smtp_tls in ("none", "starttls", "ssl"), "CREDITS_SMTP_TLS must be none, starttls or ssl"),
             (self.job_interval_s >= 0, "CREDITS_JOB_INTERVAL_S must be 0 or more"),
+            (1 <= self.session_idle_minutes <= 24 * 60, "CREDITS_SESSION_IDLE_MINUTES must be between 1 and 1440"),
+            (1 <= self.session_absolute_hours <= 24 * 30, "CREDITS_SESSION_ABSOLUTE_HOURS must be between 1 and 720"),
+            (1 <= self.api_token_idle_days <= self.api_token_days <= 366,
+             "CREDITS_API_TOKEN_IDLE_DAYS <= CREDITS_API_TOKEN_DAYS <= 366"),
+            (0 <= self.proxy_count <= 5, "CREDITS_PROXY_COUNT must be between 0 and 5"),
+            (self.totp_valid_window in (0, 1), "CREDITS_TOTP_VALID_WINDOW must be 0 or 1"),
+            (1 <= self.password_reset_minutes <= 30, "CREDITS_PASSWORD_RESET_MINUTES must be between 1 and 30"),
+            (1 <= self.email_verify_hours <= 24 * 7, "CREDITS_EMAIL_VERIFY_HOURS must be between 1 and 168"),
         ]
         problems += [message for ok, message in checks if not ok]
         for name in ("transfer_min", "transfer_max", "transfer_daily_limit"):

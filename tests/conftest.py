@@ -168,6 +168,8 @@ def app(backend: Backend, clock: clock_mod.FrozenClock, settings_overrides: dict
 
     application = create_app(make_config(backend.url, **settings_overrides))
     application.config["TESTING"] = True
+    # The test client speaks https, so that `__Host-` cookies (Secure) are sent as a browser would send them.
+    application.config["PREFERRED_URL_SCHEME"] = "https"
     database = db_mod.get()
     clean(database)
     yield application
