@@ -21,6 +21,7 @@ ledger_cli = AppGroup("ledger", help="Credit ledger: grants and the invariant au
 accounts_cli = AppGroup("accounts", help="Customer and staff accounts.")
 jobs_cli = AppGroup("jobs", help="Scheduled jobs (one jobs process per deployment).")
 audit_cli = AppGroup("audit", help="The hash-chained audit log.")
+keys_cli = AppGroup("keys", help="Field-encryption keys (CREDITS_ENCRYPTION_KEYS): rotation and checks.")
 
 
 @contextmanager
@@ -142,7 +143,48 @@ def audit_verify() -> None:
     sys.exit(1)
 
 
-GROUPS: list[click.Group] = [ledger_cli, accounts_cli, jobs_cli, audit_cli, demo_cli]
+@keys_cli.command("rotate")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000),
+              help="Values re-encrypted per committed transaction.")
+def keys_rotate(batch: int) -> None:
+    """Re-encrypt every value not under the primary key (the first of CREDITS_ENCRYPTION_KEYS).
+
+    Commits batch by batch: if it stops, run it again and it carries on. Running it when everything is
+    under the primary changes nothing. Afterwards `keys check` shows that the retired key holds no value.
+    """
+    from credits import crypto
+    from credits import models as _models  # noqa: F401 - registers every encrypted column
+
+    with domain_errors():
+        ring = crypto.keyring()
+        click.echo(f"primary key: {ring.primary}; known keys: {', '.join(ring.keys)}")
+
+        def progress(p: crypto.RotationProgress) -> None:
+            click.echo(f"{p.table}.{p.column}: {p.done} re-encrypted, {p.remaining} to go")
+
+        counts = crypto.rotate(batch=batch, on_progress=progress)
+    columns = sum(1 for n in counts.values() if n)
+    click.echo(f"rotated {sum(counts.values())} values in {columns} columns")
+
+
+@keys_cli.command("check")
+def keys_check() -> None:
+    """Decrypt every encrypted value; print how many each key id holds; exit 1 if any does not decrypt."""
+    from credits import crypto
+    from credits import models as _models  # noqa: F401 - registers every encrypted column
+
+    with domain_errors():
+        census = crypto.check()
+        primary = crypto.keyring().primary
+    for key_id, count in sorted(census.by_key.items()):
+        click.echo(f"key {key_id}{' (primary)' if key_id == primary else ''}: {count} values")
+    if not census.ok:
+        click.echo(f"{len(census.failures)} values do not decrypt: {', '.join(census.failures[:20])}", err=True)
+        sys.exit(1)
+    click.echo("every value decrypts")
+
+
+GROUPS: list[click.Group] = [ledger_cli, accounts_cli, jobs_cli, audit_cli, keys_cli, demo_cli]
 EXTRA: list[Callable[[Flask], Any]] = []
 
 

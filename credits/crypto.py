@@ -181,7 +181,8 @@ def rotate(batch: int = 500, on_progress: Callable[[RotationProgress], None] | N
     from credits.db import unit_of_work
 
     ring = keyring()
-    marker = f"{VERSION}.{ring.primary}.%"
+    # Key ids may hold "_", a LIKE wildcard: escape it so that only the primary's own prefix matches.
+    marker = f"{VERSION}.{ring.primary}.".replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%"
     counts: dict[str, int] = {}
     for col in ENCRYPTED_COLUMNS:
         done = 0
@@ -189,7 +190,8 @@ def rotate(batch: int = 500, on_progress: Callable[[RotationProgress], None] | N
             with unit_of_work() as uow:
                 rows = uow.session.execute(text(
                     f"SELECT {col.pk}, {col.column} FROM {col.table} "  # noqa: S608 - names from our registry
-                    f"WHERE {col.column} IS NOT NULL AND {col.column} NOT LIKE :marker ORDER BY {col.pk} LIMIT :n"
+                    f"WHERE {col.column} IS NOT NULL AND {col.column} NOT LIKE :marker ESCAPE '\\' "
+                    f"ORDER BY {col.pk} LIMIT :n"
                 ), {"marker": marker, "n": batch}).all()
                 if not rows:
                     break
@@ -200,7 +202,7 @@ def rotate(batch: int = 500, on_progress: Callable[[RotationProgress], None] | N
                     ), {"v": fresh, "id": row_id})
                 remaining = uow.session.execute(text(
                     f"SELECT count(*) FROM {col.table} WHERE {col.column} IS NOT NULL "  # noqa: S608
-                    f"AND {col.column} NOT LIKE :marker"
+                    f"AND {col.column} NOT LIKE :marker ESCAPE '\\'"
                 ), {"marker": marker}).scalar_one()
                 uow.commit()
             done += len(rows)
@@ -208,6 +210,51 @@ def rotate(batch: int = 500, on_progress: Callable[[RotationProgress], None] | N
                 on_progress(RotationProgress(col.table, col.column, done, int(remaining)))
         counts[f"{col.table}.{col.column}"] = done
     return counts
+
+
+@dataclass
+class Census:
+    """What `check()` found: values per key id, and the cells that do not decrypt ("table.column.id")."""
+
+    by_key: dict[str, int]
+    failures: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def check(batch: int = 1000) -> Census:
+    """Decrypt every encrypted value with the configured keys; count values per key id, list failures.
+
+    Run it before removing a retired key: the key is safe to drop once it counts no value.
+    """
+    from sqlalchemy import text
+
+    from credits.db import unit_of_work
+
+    by_key: dict[str, int] = {}
+    failures: list[str] = []
+    for col in ENCRYPTED_COLUMNS:
+        last: object = None
+        while True:
+            with unit_of_work() as uow:
+                after = "" if last is None else f"AND {col.pk} > :last "
+                rows = uow.session.execute(text(
+                    f"SELECT {col.pk}, {col.column} FROM {col.table} "  # noqa: S608 - names from our registry
+                    f"WHERE {col.column} IS NOT NULL {after}ORDER BY {col.pk} LIMIT :n"
+                ), {"last": last, "n": batch}).all()
+            if not rows:
+                break
+            for row_id, value in rows:
+                try:
+                    decrypt(value, col.table, col.column, row_id)
+                    key_id = key_id_of(value)
+                    by_key[key_id] = by_key.get(key_id, 0) + 1
+                except (DecryptionError, ValueError):
+                    failures.append(f"{col.table}.{col.column}.{row_id}")
+            last = rows[-1][0]
+    return Census(by_key, failures)
 
 
 def iter_columns() -> Iterator[EncryptedColumn]:
