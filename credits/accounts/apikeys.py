@@ -7,7 +7,7 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import Table, insert, select, update
 
@@ -30,6 +30,7 @@ class ApiKeyView:
     prefix: str
     scope: str
     allowed_ips: str | None
+    last_used_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -99,15 +100,15 @@ def list_keys() -> list[tuple[ApiKeyView, bool]]:
 
 
 def authenticate(presented: str | None, scope: str, remote_addr: str | None) -> ApiKeyView:
-    """Return the live key matching `presented` for `scope`, used from an allowed address.
+    """Return the live key matching `presented` for `scope`, used from an allowed address; write nothing.
 
     Raises Unauthorized (no detail) for a missing, malformed, unknown, revoked or out-of-scope key or a
-    disallowed address. Records last-used time, at most once a minute per key.
+    disallowed address. The caller records the use with `record_use` once the request has been served, so
+    that a request refused as malformed leaves the database exactly as it was.
     """
     if not presented or not presented.startswith(KEY_PREFIX) or len(presented) > 128:
         raise Unauthorized()
     prefix = presented[: len(KEY_PREFIX) + 8]
-    now = clock.now()
     with unit_of_work() as uow:
         row = uow.session.execute(select(K).where(K.c.prefix == prefix)).first()
         if row is None or not hmac.compare_digest(row.key_hash, _digest(presented)):
@@ -121,7 +122,19 @@ def authenticate(presented: str | None, scope: str, remote_addr: str | None) -> 
                 raise Unauthorized() from exc
             if not any(addr in net for net in _parse_networks(row.allowed_ips)):
                 raise Unauthorized()
-        if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-            uow.session.execute(update(K).where(K.c.id == row.id).values(last_used_at=now))
-            uow.commit()
-        return ApiKeyView(row.id, row.name, row.prefix, row.scope, row.allowed_ips)
+        return ApiKeyView(row.id, row.name, row.prefix, row.scope, row.allowed_ips, row.last_used_at)
+
+
+def record_use(key: ApiKeyView) -> None:
+    """Record that `key` was used now: written at most once a minute per key (a busy switch would otherwise
+    write the key row on every call, and every request would queue on that one row)."""
+    now = clock.now()
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
+        return
+    with unit_of_work() as uow:
+        uow.session.execute(
+            update(K).where(K.c.id == key.id,
+                            K.c.last_used_at.is_(None) | (K.c.last_used_at <= now - LAST_USED_RESOLUTION))
+            .values(last_used_at=now)
+        )
+        uow.commit()

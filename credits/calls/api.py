@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from credits import money
 from credits.calls import schemas, service
@@ -12,15 +13,26 @@ from credits.rating.engine import Rate
 from credits.web.auth import require_api_key
 
 blp = Blueprint("switch", __name__, url_prefix="/api/v1", description="Switch API (stable contract, version 1)")
-SECURITY = [{"switchKey": []}]
+SECURITY: list[dict[str, list[str]]] = [{"switchKey": []}]
+
+
+def _fresh_rate_cache(_state: Any) -> None:
+    # Each app starts with an empty prefix-table cache: plan ids and versions repeat across databases.
+    from credits.rating.service import clear_cache
+
+    clear_cache()
+
+
+blp.record_once(_fresh_rate_cache)
 
 
 def _rate(rate: Rate | None) -> dict[str, Any] | None:
     if rate is None:
         return None
     return {"prefix": rate.prefix, "destination": rate.destination,
-            "rate_per_minute": money.format_micro(rate.rate_per_minute), "connect_fee": money.format_micro(rate.connect_fee),
-            "first_increment_s": rate.first_increment_s, "next_increment_s": rate.next_increment_s}
+            "rate_per_minute": money.format_micro(rate.rate_per_minute),
+            "connect_fee": money.format_micro(rate.connect_fee), "first_increment_s": rate.first_increment_s,
+            "next_increment_s": rate.next_increment_s}
 
 
 def _amount(value: int | None) -> str | None:
@@ -42,7 +54,7 @@ def authorize_body(r: service.AuthorizeResult) -> dict[str, Any]:
 @blp.doc(security=SECURITY)
 def authorize(body: dict[str, Any]) -> dict[str, Any]:
     """May this caller call this number, and for how long? Reserves credit for the allowed duration."""
-    return authorize_body(service.authorize(body["call_id"], body["caller"], body["callee"], body.get("account")))
+    return authorize_body(service.authorize(body["call_id"], body.get("caller"), body["callee"], body.get("account")))
 
 
 @blp.route("/calls/<path:call_id>/update", methods=["POST"])
@@ -83,19 +95,20 @@ def cdrs(body: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/balance", methods=["GET"])
 @require_api_key("switch")
-@blp.arguments(schemas.WhoQuery, location="query")
+@blp.arguments(schemas.WhoQuery, location="query", unknown=RAISE)
 @blp.response(200, schemas.BalanceOut)
 @blp.doc(security=SECURITY)
 def balance(args: dict[str, Any]) -> dict[str, Any]:
     """Balance, available credit and next expiry of a caller or account."""
     r = service.balance(args.get("caller"), args.get("account"))
-    return {"account": r.account, "balance": money.format_micro(r.balance), "available": money.format_micro(r.available),
-            "currency": r.currency, "next_expiry_at": r.next_expiry_at.isoformat() if r.next_expiry_at else None}
+    return {"account": r.account, "balance": money.format_micro(r.balance),
+            "available": money.format_micro(r.available), "currency": r.currency,
+            "next_expiry_at": r.next_expiry_at.isoformat() if r.next_expiry_at else None}
 
 
 @blp.route("/quote", methods=["GET"])
 @require_api_key("switch")
-@blp.arguments(schemas.QuoteQuery, location="query")
+@blp.arguments(schemas.QuoteQuery, location="query", unknown=RAISE)
 @blp.response(200, schemas.QuoteOut)
 @blp.doc(security=SECURITY)
 def quote(args: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from credits.calls.models import DISPOSITIONS
 from credits.calls.service import REFUSALS
@@ -13,11 +15,20 @@ ACCOUNT = validate.Regexp(r"^[0-9]{1,16}$", error="an account number is digits")
 SECONDS = validate.Range(min=0, max=86400)
 
 
+def _caller_or_account(data: dict[str, Any]) -> None:
+    if data.get("caller") is None and data.get("account") is None:
+        raise ValidationError("give the caller number or the account", field_name="caller")
+
+
 class AuthorizeIn(Schema):
     call_id = fields.String(required=True, validate=CALL_ID)
-    caller = fields.String(required=True, validate=NUMBER)
+    caller = fields.String(validate=NUMBER, metadata={"description": "required unless account is given"})
     callee = fields.String(required=True, validate=NUMBER)
-    account = fields.String(validate=ACCOUNT)
+    account = fields.String(validate=ACCOUNT, metadata={"description": "account number; wins over caller"})
+
+    @validates_schema
+    def _who(self, data: dict[str, Any], **_kw: Any) -> None:
+        _caller_or_account(data)
 
 
 class RateOut(Schema):
@@ -96,6 +107,17 @@ class CdrsOut(Schema):
 class WhoQuery(Schema):
     caller = fields.String(validate=NUMBER)
     account = fields.String(validate=ACCOUNT)
+
+    @pre_load
+    def _restore_plus(self, data: Any, **_kw: Any) -> Any:
+        # "?caller=+6561234567" written by hand decodes to " 6561234567": a leading space can only have
+        # been a '+', so read it as one rather than refuse the number.
+        return {key: ("+" + data[key][1:] if key in ("caller", "callee") and isinstance(data[key], str)
+                      and data[key].startswith(" ") else data[key]) for key in data}
+
+    @validates_schema
+    def _who(self, data: dict[str, Any], **_kw: Any) -> None:
+        _caller_or_account(data)
 
 
 class QuoteQuery(WhoQuery):

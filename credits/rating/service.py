@@ -48,7 +48,7 @@ def import_plan(name: str, rates: Sequence[Rate], currency: str) -> PlanView:
     money.check_currency(currency)
     if not rates:
         raise ValidationError("a rate plan needs at least one rate", field="rates")
-    PrefixTable(rates)  # raises on duplicate prefix + effective_from
+    table = PrefixTable(rates)  # raises on duplicate prefix + effective_from
     now = clock.now()
     with unit_of_work() as uow:
         s = uow.session
@@ -75,6 +75,9 @@ def import_plan(name: str, rates: Sequence[Rate], currency: str) -> PlanView:
         for start in range(0, len(rows), 5000):
             s.execute(insert(RATES), rows[start:start + 5000])
         uow.commit()
+    # This process has the new table already: the first call rated with it need not load it again.
+    with _cache_lock:
+        _cache[plan_id] = (version, table)
     return PlanView(plan_id, name, currency, version, len(rates))
 
 
@@ -154,5 +157,7 @@ def prefix_table(session: Session, plan_id: int, version: int) -> PrefixTable:
 
 
 def clear_cache() -> None:
+    """Forget every cached prefix table. The cache trusts (plan id, version) to name one set of rates, which
+    holds for the life of a database; a new app (perhaps on another, or an emptied, database) starts afresh."""
     with _cache_lock:
         _cache.clear()

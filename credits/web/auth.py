@@ -34,8 +34,12 @@ def require_api_key(scope: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            g.api_key = apikeys.authenticate(bearer_token(), scope, request.remote_addr)
-            return view(*args, **kwargs)
+            key = apikeys.authenticate(bearer_token(), scope, request.remote_addr)
+            g.api_key = key
+            response = view(*args, **kwargs)
+            # Only once served: a request refused as malformed (400/404/409) writes nothing, not even this.
+            apikeys.record_use(key)
+            return response
 
         return wrapper  # type: ignore[return-value]
 
