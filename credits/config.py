@@ -13,6 +13,8 @@ from credits.errors import ConfigError
 
 ENVIRONMENTS = ("development", "test", "production")
 EXPIRY_POLICIES = ("per_lot", "rolling")
+MAIL_BACKENDS = ("smtp", "memory")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEV_SECRET = "dev-insecure-secret-key-change-me"  # noqa: S105 - a named default, refused in production
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,6 +74,18 @@ class Config:
     totp_valid_window: int = 1
     password_reset_minutes: int = 30
     email_verify_hours: int = 48
+    #: Base of the links in emails ("this wasn't me", verification, receipts); https in production.
+    public_url: str = "http://127.0.0.1:5000"
+    #: smtp: deliver through CREDITS_SMTP_*; memory: keep sent mail in the process (development without a relay).
+    mail_backend: str = "smtp"
+    smtp_timeout_s: int = 10
+    #: CA bundle (PEM) that signs the relay's certificate, when it is not publicly trusted; "" = system store.
+    smtp_ca_file: str = ""
+    #: deliver-outbox: tries per message before it is dead-lettered, and the back-off (doubling from base, capped).
+    mail_max_attempts: int = 8
+    mail_retry_base_s: int = 60
+    mail_retry_max_s: int = 6 * 3600
+    log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -125,6 +139,19 @@ class Config:
             (1 <= self.max_call_duration_s <= 86400, "CREDITS_MAX_CALL_DURATION_S must be between 1 and 86400"),
             (self.smtp_tls in ("none", "starttls", "ssl"), "CREDITS_SMTP_TLS must be none, starttls or ssl"),
             (self.job_interval_s >= 0, "CREDITS_JOB_INTERVAL_S must be 0 or more"),
+            (self.mail_backend in MAIL_BACKENDS, f"CREDITS_MAIL_BACKEND must be one of {', '.join(MAIL_BACKENDS)}"),
+            (not (self.is_production and self.mail_backend == "memory"),
+             "CREDITS_MAIL_BACKEND=memory would lose every email in production"),
+            (1 <= self.smtp_port <= 65535, "CREDITS_SMTP_PORT must be between 1 and 65535"),
+            (1 <= self.smtp_timeout_s <= 300, "CREDITS_SMTP_TIMEOUT_S must be between 1 and 300"),
+            (1 <= self.mail_max_attempts <= 100, "CREDITS_MAIL_MAX_ATTEMPTS must be between 1 and 100"),
+            (1 <= self.mail_retry_base_s <= self.mail_retry_max_s,
+             "CREDITS_MAIL_RETRY_BASE_S must be at least 1 and at most CREDITS_MAIL_RETRY_MAX_S"),
+            (self.public_url.startswith(("https://", "http://")) and not self.public_url.endswith("/"),
+             "CREDITS_PUBLIC_URL must be an http(s) URL without a trailing slash"),
+            (not self.is_production or self.public_url.startswith("https://"),
+             "CREDITS_PUBLIC_URL must be https in production"),
+            (self.log_level.upper() in LOG_LEVELS, f"CREDITS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}"),
             (1 <= self.session_idle_minutes <= 24 * 60, "CREDITS_SESSION_IDLE_MINUTES must be between 1 and 1440"),
             (1 <= self.session_absolute_hours <= 24 * 30, "CREDITS_SESSION_ABSOLUTE_HOURS must be between 1 and 720"),
             (1 <= self.api_token_idle_days <= self.api_token_days <= 366,
