@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import secrets
 import socket
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import CursorResult, insert, select, text, update
 
 from credits import clock, config, db
 from credits.jobs_models import JobLock, JobRun
@@ -62,45 +63,111 @@ def table() -> dict[str, Job]:
 
 
 def holder_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """This process: host and pid (what job_runs records)."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}"
 
 
 class LockBusy(Exception):
     """Another jobs process is running this job."""
 
 
+def advisory_key(name: str) -> int:
+    """The PostgreSQL advisory lock key of job `name`: a signed 64-bit hash, namespaced to this service."""
+    digest = hashlib.blake2b(f"credits-job:{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
 @contextmanager
 def job_lock(name: str, *, ttl_s: int = 3600) -> Iterator[None]:
-    """Hold the single-runner lock of job `name` for the block; raise LockBusy if another process holds it.
+    """Hold the single-runner lock of job `name` for the block; raise LockBusy if another runner holds it.
 
-    PostgreSQL: a session advisory lock on a dedicated connection (released if the process dies).
-    SQLite: a lock row with an expiry, taken with a conditional UPDATE.
+    PostgreSQL: a session advisory lock on a connection of its own, released when the block ends and in any
+    case when that connection closes (so a crashed process never leaves it behind). SQLite: a lock row with
+    a lease, see `_row_lock`. Exclusive between processes and between threads of one process.
     """
     database = db.get()
     if database.dialect == "postgresql":
-        key = zlib.crc32(f"credits-job:{name}".encode())
-        with database.engine.connect() as conn:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+        with _advisory_lock(database, name):
+            yield
+    else:
+        with _row_lock(database, name, ttl_s):
+            yield
+
+
+@contextmanager
+def _advisory_lock(database: db.Database, name: str) -> Iterator[None]:
+    key = advisory_key(name)
+    conn = database.engine.connect()
+    try:
+        got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        conn.commit()
+    except BaseException:
+        conn.invalidate()
+        conn.close()
+        raise
+    if not got:
+        conn.close()
+        raise LockBusy(name)
+    try:
+        yield
+    finally:
+        released = False
+        try:
+            released = bool(conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key}).scalar())
             conn.commit()
-            if not got:
-                raise LockBusy(name)
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                conn.commit()
-        return
-    me = holder_id()
+        except Exception:
+            log.exception("could not release the lock of job %s", name)
+        finally:
+            if not released:
+                # A pooled connection that may still hold the lock must not go back to the pool (the next
+                # user would re-enter the lock, a session lock being re-entrant): closing it releases it.
+                conn.invalidate()
+            conn.close()
+
+
+def _wall_now() -> datetime:
+    # Leases are shared between processes: the wall clock, never the injectable (possibly frozen) clock.
+    return datetime.now(UTC)
+
+
+def _holder_is_dead(holder: str | None) -> bool:
+    """True when `holder` (host:pid:token) names a process on this host that no longer exists."""
+    if not holder:
+        return False
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname()[:60] or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+@contextmanager
+def _row_lock(database: db.Database, name: str, ttl_s: int) -> Iterator[None]:
+    """SQLite: the job's row in job_locks names its holder (host:pid:token, one token per acquisition) and a
+    lease. It is free when nobody holds it, the lease ran out, or the holder was a process on this host that
+    has died. SQLite serialises writers (BEGIN IMMEDIATE), so the read and the conditional UPDATE are atomic.
+    """
+    token = f"{holder_id()}:{secrets.token_hex(6)}"
     with db.unit_of_work(database) as uow:
-        now = clock.now()
-        exists = uow.session.execute(select(JobLock.name).where(JobLock.name == name)).scalar()
-        if exists is None:
-            uow.session.execute(insert(JobLock).values(name=name, holder=None, locked_until=None))
-        taken = uow.session.execute(
-            update(JobLock).where(JobLock.name == name)
-            .where((JobLock.locked_until.is_(None)) | (JobLock.locked_until < now))
-            .values(holder=me, locked_until=now + timedelta(seconds=ttl_s))
-        ).rowcount
+        s = uow.session
+        now = _wall_now()
+        s.execute(db.insert_for(database.dialect)(JobLock).values(name=name, holder=None, locked_until=None)
+                  .on_conflict_do_nothing(index_elements=["name"]))
+        current = s.execute(select(JobLock.holder, JobLock.locked_until).where(JobLock.name == name)).one()
+        free = JobLock.locked_until.is_(None) | (JobLock.locked_until < now)
+        if _holder_is_dead(current.holder):
+            log.warning("job %s: taking over the lock of %s, which has exited", name, current.holder)
+            free = free | (JobLock.holder == current.holder)
+        taken = cast(CursorResult[Any], s.execute(
+            update(JobLock).where(JobLock.name == name, free)
+            .values(holder=token, locked_until=now + timedelta(seconds=ttl_s))
+        )).rowcount
         uow.commit()
     if not taken:
         raise LockBusy(name)
@@ -109,7 +176,7 @@ def job_lock(name: str, *, ttl_s: int = 3600) -> Iterator[None]:
     finally:
         with db.unit_of_work(database) as uow:
             uow.session.execute(
-                update(JobLock).where(JobLock.name == name, JobLock.holder == me)
+                update(JobLock).where(JobLock.name == name, JobLock.holder == token)
                 .values(holder=None, locked_until=None)
             )
             uow.commit()
@@ -163,4 +230,6 @@ def run_forever(interval_override_s: int | None = None) -> None:
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
-        pass
+        # Let a running job finish: it releases its lock and records its run.
+        if scheduler.running:
+            scheduler.shutdown(wait=True)
