@@ -38,6 +38,16 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
     init_api(app)
     errors.register(app)  # after the Api, so that our problem+json handlers win
+    from credits.web import headers, limits
+
+    headers.register(app, settings)
+    limits.init_app(app, settings)
+    if settings.proxy_count:
+        # Only then is X-Forwarded-For believed, and only the hops our own proxies added (J67).
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count,  # type: ignore[method-assign]
+                                x_proto=settings.proxy_count)
     app.register_blueprint(health.bp)
     cli.register(app)
     return app

@@ -19,6 +19,7 @@ from credits import clock, config
 from credits.accounts.models import SESSION_KINDS, Session, User
 from credits.db import unit_of_work
 from credits.errors import NotFound, Unauthorized
+from credits.security import events
 from credits.security.events import ip_prefix
 
 S: Table = Session.__table__  # type: ignore[assignment]
@@ -139,10 +140,11 @@ def resolve(token: str | None, *, kind: str | None = None) -> SessionInfo:
         return info
 
 
-def peek(token: str | None) -> SessionInfo | None:
-    """The live session for `token`, or None; writes nothing (login uses it to retire the pre-login session)."""
-    with unit_of_work() as uow:
-        return _live(uow.session, token, None)
+def find(db: DbSession, token: str | None) -> SessionInfo | None:
+    """The live session for `token` (any kind) in the caller's transaction, or None; writes nothing.
+
+    Login uses it to retire the pre-login session."""
+    return _live(db, token, None)
 
 
 def _revoke_where(db: DbSession, *conditions: object) -> int:
@@ -163,18 +165,38 @@ def revoke_all_in(db: DbSession, user_id: int, *, except_id: int | None = None) 
     return _revoke_where(db, *conditions)
 
 
-def revoke(session_id: int, *, user_id: int) -> None:
-    """Revoke session `session_id` of `user_id` (log out). Raises NotFound when it is not theirs or not live."""
+def revoke(session_id: int, *, user_id: int, ip: str | None = None) -> None:
+    """Revoke session `session_id` of `user_id`. Raises NotFound when it is not theirs or not live (K79)."""
     with unit_of_work() as uow:
         if _revoke_where(uow.session, S.c.id == session_id, S.c.user_id == user_id) == 0:
             raise NotFound("no such session")
+        events.record(uow.session, "session_revoked", user_id=user_id, ip=ip)
         uow.commit()
 
 
-def revoke_all(user_id: int, *, except_id: int | None = None) -> int:
-    """Revoke every session and API token of `user_id`, optionally keeping `except_id`; return how many."""
+def revoke_all(user_id: int, *, except_id: int | None = None, ip: str | None = None) -> int:
+    """Revoke every session and API token of `user_id`, optionally keeping `except_id`; return how many (K79)."""
     with unit_of_work() as uow:
         count = revoke_all_in(uow.session, user_id, except_id=except_id)
+        events.record(uow.session, "sessions_revoked", user_id=user_id, ip=ip, detail=str(count))
+        uow.commit()
+        return count
+
+
+def staff_revoke_all(actor_id: int, user_id: int) -> int:
+    """A staff member signs customer `user_id` out everywhere (audit-logged); return how many ended.
+
+    Raises NotFound for an unknown account.
+    """
+    from credits import audit
+
+    with unit_of_work() as uow:
+        db = uow.session
+        if db.execute(select(U.c.id).where(U.c.id == user_id)).scalar() is None:
+            raise NotFound("no such account")
+        count = revoke_all_in(db, user_id)
+        audit.record(db, f"user:{actor_id}", "sessions.revoke_all", f"user:{user_id}", count=count)
+        events.record(db, "sessions_revoked_by_staff", user_id=user_id, detail=str(count))
         uow.commit()
         return count
 

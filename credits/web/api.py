@@ -20,6 +20,10 @@ def init_api(app: Flask) -> Api:
                                     "Amounts are decimal strings; errors are application/problem+json."},
             "components": {"securitySchemes": {
                 "switchKey": {"type": "http", "scheme": "bearer", "description": "switch API key (scope switch)"},
+                "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "__Host-session",
+                                  "description": "browser session; unsafe methods also need X-CSRF-Token"},
+                "personalToken": {"type": "http", "scheme": "bearer",
+                                  "description": "personal API token from POST /api/v1/auth/token"},
             }},
         },
     )
@@ -27,4 +31,8 @@ def init_api(app: Flask) -> Api:
     from credits.calls.api import blp as calls_blp
 
     api.register_blueprint(calls_blp)
+    from credits.accounts.api import auth_blp, me_blp, staff_sessions_blp
+
+    for blp in (auth_blp, me_blp, staff_sessions_blp):
+        api.register_blueprint(blp)
     return api

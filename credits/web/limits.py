@@ -1,0 +1,156 @@
+"""Throttling (CHECKLIST J66, J67) with Flask-Limiter: per client IP on sign-in, sign-up, reset and OTP entry, and
+per account on failed password and code attempts.
+
+Storage is Redis when CREDITS_REDIS_URL is set (shared by every worker and instance: memory storage would give
+each gunicorn worker its own count), memory otherwise. The client IP is `request.remote_addr`, which only
+werkzeug's ProxyFix (CREDITS_PROXY_COUNT > 0) rewrites from X-Forwarded-For: a header sent by the client
+itself never changes the key. Per-account limits count failures only, tier by tier ("5 per minute; 10 per
+15 minutes; 100 per day"), so the wait grows with the failures, nobody is locked out for good, and a success
+clears the count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from flask import Flask, Response, request
+from flask_limiter import Limiter
+from limits import RateLimitItem, parse_many
+
+from credits import config
+from credits.errors import CreditsError, DomainError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class TooManyAttempts(DomainError):
+    """Too many attempts: wait `retry_after` seconds."""
+
+    status = 429
+    code = "too_many_requests"
+    title = "Too many attempts"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("Too many attempts. Please wait a little and try again.")
+        self.retry_after = max(1, retry_after)
+
+
+def client_ip() -> str:
+    """The client address as the proxy-fixed request sees it (never a header the client set, unless trusted)."""
+    return request.remote_addr or "127.0.0.1"
+
+
+def _prefix() -> str:
+    return config.current().ratelimit_prefix
+
+
+def ip_key() -> str:
+    return f"{_prefix()}:ip:{client_ip()}"
+
+
+# Module-level, like every Flask extension: route decorators need it at import time; `init_app` binds storage.
+limiter = Limiter(key_func=ip_key, strategy="moving-window", headers_enabled=True)
+
+
+def ip_limit(setting: str) -> Callable[[F], F]:
+    """Limit a route per client IP with the limit string of setting `setting` (e.g. "login_ip_limit")."""
+    if not hasattr(config.Config, setting):
+        raise ValueError(f"no setting {setting!r}")
+    return limiter.limit(lambda: str(getattr(config.current(), setting)), key_func=ip_key,
+                         scope=setting)  # type: ignore[return-value]
+
+
+def _items(setting: str) -> list[RateLimitItem]:
+    return list(parse_many(str(getattr(config.current(), setting))))
+
+
+def account_key(value: object) -> str:
+    """A stable key for an account named by email, that does not put the address itself into Redis."""
+    from credits.accounts.service import email_index
+    from credits.errors import ValidationError
+
+    try:
+        return email_index(value)  # type: ignore[arg-type]
+    except ValidationError:
+        return hashlib.sha256(str(value).lower().encode()).hexdigest()
+
+
+def _check(setting: str, kind: str, key: str) -> None:
+    strategy = limiter.limiter
+    waits = []
+    for item in _items(setting):
+        if not strategy.test(item, _prefix(), kind, key):
+            reset_at, _remaining = strategy.get_window_stats(item, _prefix(), kind, key)
+            waits.append(math.ceil(reset_at - time.time()))
+    if waits:
+        raise TooManyAttempts(max(waits))
+
+
+def _fail(setting: str, kind: str, key: str) -> None:
+    for item in _items(setting):
+        limiter.limiter.hit(item, _prefix(), kind, key)
+
+
+def _clear(setting: str, kind: str, key: str) -> None:
+    for item in _items(setting):
+        limiter.limiter.clear(item, _prefix(), kind, key)
+
+
+FAILURE_CODES = frozenset({"invalid_credentials", "mfa_invalid", "reauthentication_failed"})
+
+
+@contextlib.contextmanager
+def account_throttle(setting: str, kind: str, key: str, *, count: Callable[[CreditsError], bool] | None = None,
+                     clear_on_success: bool = True) -> Iterator[None]:
+    """Refuse with 429 while account `key` is over `setting` for `kind`; count failures; clear on success.
+
+    A failure is a CreditsError whose code is in FAILURE_CODES (or that `count` accepts).
+    """
+    if not limiter.enabled:
+        yield
+        return
+    _check(setting, kind, key)
+    try:
+        yield
+    except CreditsError as exc:
+        if (count or (lambda e: e.code in FAILURE_CODES))(exc):
+            _fail(setting, kind, key)
+        raise
+    if clear_on_success:
+        _clear(setting, kind, key)
+
+
+def account_hit(setting: str, kind: str, key: str) -> None:
+    """Count one use for `key` and refuse with 429 when over `setting` (per-account limits on every attempt)."""
+    if not limiter.enabled:
+        return
+    _check(setting, kind, key)
+    _fail(setting, kind, key)
+
+
+def init_app(app: Flask, settings: config.Config) -> None:
+    """Bind the limiter to `app`: Redis storage when configured, memory otherwise; 429 as problem+json."""
+    from credits.web.errors import problem
+
+    for name in ("login_account_limit", "login_ip_limit", "register_ip_limit", "reset_ip_limit",
+                 "reset_account_limit", "otp_account_limit", "otp_ip_limit"):
+        try:
+            parse_many(getattr(settings, name))
+        except ValueError as exc:
+            from credits.errors import ConfigError
+
+            raise ConfigError(f"CREDITS_{name.upper()} is not a rate limit string: {exc}") from exc
+    app.config["RATELIMIT_STORAGE_URI"] = settings.redis_url or "memory://"
+    app.config.setdefault("RATELIMIT_ENABLED", True)
+    limiter.init_app(app)
+
+    @app.errorhandler(TooManyAttempts)
+    def _too_many(exc: TooManyAttempts) -> Response:
+        resp = problem(429, exc.title, exc.message, exc.code)
+        resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
