@@ -25,7 +25,6 @@ from credits.db import insert_for, unit_of_work
 from credits.errors import Conflict, NotFound, ValidationError
 from credits.ledger import charging
 from credits.ledger.models import Hold, Wallet
-from credits.ledger.service import _expire_wallet
 from credits.rating import engine
 from credits.rating.engine import Rate
 from credits.rating.models import RatePlan
@@ -278,11 +277,8 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
         rate = _rate_for(s, wallet, callee_n, now.date())
         if rate is None:
             return refuse("no_rate")
-        if wallet.next_expiry_at is not None and wallet.next_expiry_at <= now:
-            _expire_wallet(s, wallet.id, now)
-            wallet = _find_wallet(s, caller_n, account, lock=True)
-            assert wallet is not None
-        available = wallet.balance - wallet.held
+        funds = charging.expire_due(s, wallet, now)
+        available = funds.available
         share, refusal = _share(s, wallet, available)
         if refusal:
             return refuse(refusal)
@@ -311,7 +307,7 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
         if inserted is None:  # a call reported earlier as a CDR (no hold): leaving rolls the new hold back
             raise Conflict("this call_id is already in use")
         uow.commit()
-        return AuthorizeResult(call_id, True, max_d, None, amount, wallet.currency, rate, wallet.balance,
+        return AuthorizeResult(call_id, True, max_d, None, amount, wallet.currency, rate, funds.balance,
                                available - amount)
 
 
@@ -366,7 +362,7 @@ def update_call(call_id: str, elapsed_s: int) -> AuthorizeResult:
         if call.status != "authorized" or hold is None or hold.status != "active":
             return AuthorizeResult(call_id, False, call.max_duration_s, "call_not_in_progress")
         rate = _rate_of_call(call)
-        available = wallet.balance - wallet.held
+        available = charging.expire_due(s, wallet, now).available
         limit = wallet.max_concurrent_calls
         extra = available
         if limit:
@@ -434,13 +430,14 @@ def complete(call_id: str, duration_s: int, disposition: str, *, answered_at: ob
         cost = engine.cost(rate, duration_s) if chargeable else 0
         hold = _hold_of(call)
         late = call.status == "abandoned" or (hold is not None and hold.status == "expired")
+        funds = charging.expire_due(s, wallet, now)
         if cost == 0:
             if hold is not None:
                 charging.release_hold(s, wallet.id, hold, now)
-            charged, shortfall, balance = 0, 0, wallet.balance
+            charged, shortfall, balance = 0, 0, funds.balance
         else:
-            result = charging.charge(s, wallet, cost, now, hold=hold, memo=f"call {call.callee} {billed}s")
-            charged, shortfall, balance = result.charged, result.shortfall, wallet.balance - result.charged
+            result = charging.charge(s, funds, cost, now, hold=hold, memo=f"call {call.callee} {billed}s")
+            charged, shortfall, balance = result.charged, result.shortfall, funds.balance - result.charged
         flag_reason = "credit_shortfall" if shortfall else ("completed_after_abandon" if late and cost else None)
         ended = ended or now
         if answered is None and chargeable:
@@ -515,7 +512,8 @@ def _cdr_item(s: Session, item: Any, now: datetime, cap: int) -> CdrResult:
             return CdrResult(call_id, "duplicate")
         charged = 0
         if cost:
-            result = charging.charge(s, wallet, cost, now, since=answered, memo=f"cdr {callee} {billed}s")
+            funds = charging.expire_due(s, wallet, now)
+            result = charging.charge(s, funds, cost, now, since=answered, memo=f"cdr {callee} {billed}s")
             charged = result.charged
             s.execute(update(C).where(C.c.id == inserted).values(
                 charged=charged, flagged=bool(result.shortfall),

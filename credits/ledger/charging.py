@@ -16,10 +16,37 @@ from sqlalchemy.orm import Session
 from credits.db import insert_for
 from credits.ledger.draw import draw
 from credits.ledger.models import Hold, Wallet
-from credits.ledger.service import _new_tx, _next_expiry, _open_lots, _post, _take_from_lots
+from credits.ledger.service import _expire_wallet, _new_tx, _next_expiry, _open_lots, _post, _take_from_lots
 
 W: Table = Wallet.__table__  # type: ignore[assignment]
 H: Table = Hold.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Funds:
+    """A locked wallet's balance and held credit, once expired credit has been broken."""
+
+    id: int
+    balance: int
+    held: int
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.held
+
+
+def expire_due(session: Session, wallet: Any, now: datetime) -> Funds:
+    """Break the expired credit of a locked wallet, if any is due, and return its funds as they now are.
+
+    Expired credit is not available credit, whether or not the expiry job has run: without this, a call could
+    be lengthened, or a charge above its hold paid, with credit that is already breakage. What active holds
+    made before the expiry still need stays (see `_expire_wallet`). `wallet` is the locked row (id, balance,
+    held, next_expiry_at).
+    """
+    if wallet.next_expiry_at is None or wallet.next_expiry_at > now:
+        return Funds(wallet.id, wallet.balance, wallet.held)
+    broken = _expire_wallet(session, wallet.id, now)[1]
+    return Funds(wallet.id, wallet.balance - broken, wallet.held)
 
 
 @dataclass(frozen=True)
