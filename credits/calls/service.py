@@ -139,8 +139,10 @@ def check_duration(value: object, name: str) -> int:
     return value
 
 
-def e164(number: str, name: str = "caller") -> str:
+def e164(number: object, name: str = "caller") -> str:
     """The switch's number as stored: '+' and 1-20 digits (accepting +, 00 and 011 prefixes)."""
+    if not isinstance(number, str):
+        raise ValidationError(f"{name} must be a string of digits", field=name)
     return "+" + engine.normalise_number(number, name)
 
 
@@ -602,7 +604,7 @@ def _register_number(s: Session, wallet_id: int, number: str, now: datetime) -> 
         raise Conflict("this number is registered to another account")
     if s.execute(select(W.c.id).where(W.c.id == wallet_id)).scalar() is None:
         raise NotFound("no such wallet")
-    number_id = s.execute(
+    number_id: int = s.execute(
         insert(CN).values(wallet_id=wallet_id, number_enc="", number_bidx=index, created_at=now).returning(CN.c.id)
     ).scalar_one()
     s.execute(update(CN).where(CN.c.id == number_id).values(

@@ -99,8 +99,7 @@ def charge(session: Session, wallet: Any, amount: int, now: datetime, *, hold: A
     be covered is booked to `credit_loss`. `wallet` is the locked row (balance, held).
     """
     active = hold is not None and hold.status == "active"
-    reserved = hold.amount if active else 0
-    eligible_since = hold.created_at if active else (since or now)
+    reserved, eligible_since = (hold.amount, hold.created_at) if hold is not None and active else (0, since or now)
     lots = _open_lots(session, wallet.id)
     eligible = [lot for lot in lots if lot.expires_at > eligible_since]
     coverable = max(0, min(amount, reserved + wallet.balance - wallet.held, sum(lot.remaining for lot in eligible)))

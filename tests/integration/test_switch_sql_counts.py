@@ -1,0 +1,76 @@
+"""SQL statements per switch request, whole HTTP request through the test client: authorize <= 5, complete <= 10.
+
+Counted with a before_cursor_execute listener on the engine, without transaction control (BEGIN, SQLite's
+BEGIN IMMEDIATE, COMMIT, ROLLBACK, SAVEPOINT, RELEASE, PRAGMA). The key's last use is fresh, as it is for a
+busy switch (it is written at most once a minute), and the plan's prefix table is cached, as it is after the
+first call of a process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.integration.switch_fixtures import (  # noqa: F401 - the *_fixture names register fixtures
+    SG_CALLEE,
+    USD,
+    assert_audit_clean,
+    callers_fixture,
+    plan_fixture,
+    statements,
+    switch_fixture,
+    switch_key_fixture,
+)
+
+AUTHORIZE_MAX = 5
+COMPLETE_MAX = 10
+
+
+def warm(switch: Any, caller: Any) -> None:
+    """One call end to end, so that the key's last use is fresh and the prefix table cached."""
+    assert switch.authorize("warm-up", caller.phone, SG_CALLEE).get_json()["authorized"]
+    assert switch.complete("warm-up", 10).status_code == 200
+
+
+def test_authorize_and_complete_statement_counts(switch, callers, database):
+    caller = callers(credit=10 * USD)
+    warm(switch, caller)
+    with statements(database) as authorize_sql:
+        resp = switch.authorize("c-1", caller.phone, SG_CALLEE)
+    assert resp.get_json()["authorized"]
+    with statements(database) as complete_sql:
+        resp = switch.complete("c-1", 125)
+    assert resp.get_json()["charged"] == "0.025830"
+    assert len(authorize_sql) <= AUTHORIZE_MAX, "\n".join(authorize_sql)
+    assert len(complete_sql) <= COMPLETE_MAX, "\n".join(complete_sql)
+    assert_audit_clean()
+
+
+def test_complete_drawing_from_several_lots_stays_within_the_budget(switch, callers, database, clock):
+    from datetime import timedelta
+
+    from credits.ledger import service as ledger
+
+    caller = callers(credit=10 * USD)
+    warm(switch, caller)
+    # 0.01 expiring first is drawn first, and cannot pay 125 s alone: the charge takes from two lots.
+    ledger.grant(caller.wallet_id, 10_000, "purchase", expires_at=clock.now() + timedelta(days=30))
+    switch.authorize("c-1", caller.phone, SG_CALLEE)
+    with statements(database) as complete_sql:
+        resp = switch.complete("c-1", 125)
+    assert resp.get_json()["charged"] == "0.025830"
+    assert len(complete_sql) <= COMPLETE_MAX, "\n".join(complete_sql)
+    assert [lot.remaining for lot in ledger.lots(caller.wallet_id, include_empty=True)][:1] == [0]
+    assert_audit_clean()
+
+
+def test_unanswered_complete_and_refusals_are_cheaper(switch, callers, database):
+    caller = callers(credit=10 * USD)
+    broke = callers(credit=0)
+    warm(switch, caller)
+    switch.authorize("c-1", caller.phone, SG_CALLEE)
+    with statements(database) as sql:
+        assert switch.complete("c-1", 0, "no_answer").get_json()["charged"] == "0.000000"
+    assert len(sql) <= 6, "\n".join(sql)
+    with statements(database) as sql:
+        assert switch.authorize("c-2", broke.phone, SG_CALLEE).get_json()["reason"] == "insufficient_credit"
+    assert len(sql) <= 3, "\n".join(sql)
