@@ -38,6 +38,14 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
     init_api(app)
     errors.register(app)  # after the Api, so that our problem+json handlers win
+    from credits.payments import api as payments_api
+    from credits.payments import jobs as _payments_jobs  # noqa: F401 - registers its jobs
+    from credits.payments.cli import payments_cli
+    from credits.web import card_guard
+
+    card_guard.register(app)  # first before_request hook: card numbers are refused before anything sees them
+    app.register_blueprint(payments_api.hooks)
+    app.cli.add_command(payments_cli)
     from credits.web import headers, limits
 
     headers.register(app, settings)

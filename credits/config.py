@@ -86,6 +86,33 @@ class Config:
     mail_retry_base_s: int = 60
     mail_retry_max_s: int = 6 * 3600
     log_level: str = "INFO"
+    # Payments (DESIGN §6). Gateway: auto = Stripe when CREDITS_STRIPE_SECRET_KEY or CREDITS_STRIPE_API_BASE is
+    # set (a stand-in such as localstripe gets a test key), otherwise the in-process fake (never in production).
+    payment_gateway: str = "auto"
+    #: Credit packages offered, comma-separated decimal amounts in the wallet's currency.
+    purchase_packages: str = "5.00,10.00,20.00,50.00"
+    #: Custom amounts are accepted between these (inclusive).
+    purchase_custom_min: str = "5.00"
+    purchase_custom_max: str = "500.00"
+    #: A refund above this amount needs a second staff member's approval (M89).
+    refund_approval_above: str = "50.00"
+    #: A staff member's refunds in 24 hours above this total need a second approval too (M89).
+    refund_daily_limit: str = "200.00"
+    #: Auto-recharge: at most this much in 24 hours per wallet; a customer's monthly cap may not exceed the max.
+    auto_recharge_daily_cap: str = "100.00"
+    auto_recharge_monthly_cap_max: str = "500.00"
+    #: Back-off after a failed auto-recharge: this many seconds, times 4 for each further consecutive failure.
+    auto_recharge_backoff_s: int = 3600
+    #: Consecutive failures after which auto-recharge is switched off (and the customer told).
+    auto_recharge_max_failures: int = 3
+    #: Reconciliation settles purchases stuck (pending, processing, requires_action) for this long.
+    reconcile_after_minutes: int = 15
+    #: A purchase still waiting for 3-D Secure after this long is marked failed (a late success still grants).
+    requires_action_expiry_hours: int = 48
+    #: How long a dispute's hold on credit lasts at most (disputes take up to about four months).
+    dispute_hold_days: int = 180
+    #: Lifetime of the emailed link to pay an auto-recharge on-session.
+    pay_link_hours: int = 72
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -162,11 +189,47 @@ class Config:
             (1 <= self.email_verify_hours <= 24 * 7, "CREDITS_EMAIL_VERIFY_HOURS must be between 1 and 168"),
         ]
         problems += [message for ok, message in checks if not ok]
+        problems += self._payment_problems()
         for name in ("transfer_min", "transfer_max", "transfer_daily_limit"):
             try:
                 money.parse_amount(getattr(self, name), self.default_currency)
             except Exception:  # noqa: BLE001 - any parse failure is a config problem
                 problems.append(f"CREDITS_{name.upper()} must be a positive decimal amount")
+        return problems
+
+    def _payment_problems(self) -> list[str]:
+        from credits import money
+
+        problems: list[str] = []
+        if self.payment_gateway not in ("auto", "stripe", "fake"):
+            problems.append("CREDITS_PAYMENT_GATEWAY must be auto, stripe or fake")
+        if self.is_production and self.payment_gateway == "fake":
+            problems.append("CREDITS_PAYMENT_GATEWAY=fake is refused in production")
+        amounts: dict[str, int] = {}
+        for name in ("purchase_custom_min", "purchase_custom_max", "refund_approval_above", "refund_daily_limit",
+                     "auto_recharge_daily_cap", "auto_recharge_monthly_cap_max"):
+            try:
+                amounts[name] = money.parse_amount(getattr(self, name), self.default_currency)
+            except Exception:  # noqa: BLE001 - any parse failure is a config problem
+                problems.append(f"CREDITS_{name.upper()} must be a positive decimal amount")
+        try:
+            packages = [money.parse_amount(p.strip(), self.default_currency)
+                        for p in self.purchase_packages.split(",") if p.strip()]
+            if not packages:
+                raise ValueError
+        except Exception:  # noqa: BLE001
+            problems.append("CREDITS_PURCHASE_PACKAGES must be comma-separated positive decimal amounts")
+        if amounts.get("purchase_custom_min", 0) > amounts.get("purchase_custom_max", money.MAX_AMOUNT):
+            problems.append("CREDITS_PURCHASE_CUSTOM_MIN must not exceed CREDITS_PURCHASE_CUSTOM_MAX")
+        checks = [
+            (self.auto_recharge_backoff_s >= 1, "CREDITS_AUTO_RECHARGE_BACKOFF_S must be at least 1"),
+            (1 <= self.auto_recharge_max_failures <= 10, "CREDITS_AUTO_RECHARGE_MAX_FAILURES must be between 1 and 10"),
+            (1 <= self.reconcile_after_minutes <= 24 * 60, "CREDITS_RECONCILE_AFTER_MINUTES must be 1-1440"),
+            (1 <= self.requires_action_expiry_hours <= 24 * 30, "CREDITS_REQUIRES_ACTION_EXPIRY_HOURS must be 1-720"),
+            (1 <= self.dispute_hold_days <= 730, "CREDITS_DISPUTE_HOLD_DAYS must be between 1 and 730"),
+            (1 <= self.pay_link_hours <= 24 * 14, "CREDITS_PAY_LINK_HOURS must be between 1 and 336"),
+        ]
+        problems += [message for ok, message in checks if not ok]
         return problems
 
     def _secret_problems(self) -> list[str]:

@@ -6,6 +6,7 @@ from credits.calls import models as calls_models  # noqa: F401
 from credits.db import Base
 from credits.ledger import models as ledger_models  # noqa: F401
 from credits.notify import models as notify_models  # noqa: F401
+from credits.payments import models as payments_models  # noqa: F401
 from credits.rating import models as rating_models  # noqa: F401
 from credits.security import models as security_models  # noqa: F401
 

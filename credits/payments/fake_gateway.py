@@ -17,6 +17,7 @@ import copy
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from credits import clock, money
@@ -43,6 +44,7 @@ from credits.payments.gateway import (
     WebhookEvent,
     check_amount_minor,
     check_idempotency_key,
+    check_list_args,
     check_metadata,
     check_refund_amount,
 )
@@ -339,6 +341,15 @@ class FakeGateway:
         with self._lock:
             self.calls.append(FakeCall("retrieve_payment_intent", None, {"id": payment_intent_id}))
             return self._pi_result(self._intent(payment_intent_id))
+
+    def list_payment_intents(self, *, created_after: datetime, limit: int = 100) -> list[PaymentIntentResult]:
+        since = check_list_args(created_after, limit)
+        with self._lock:
+            self.calls.append(FakeCall("list_payment_intents", None, {"created_after": since, "limit": limit}))
+            found = [pi for pi in self._intents.values() if pi.created >= since]
+            # Newest first, as Stripe lists; ids break ties between intents of the same second.
+            found.sort(key=lambda pi: (pi.created, pi.id), reverse=True)
+            return [self._pi_result(pi) for pi in found[:limit]]
 
     def refund(
         self,
@@ -643,6 +654,7 @@ class FakeGateway:
             decline_code=pi.decline_code,
             error_code=pi.error_code,
             error_message=pi.error_message,
+            created=pi.created,
         )
 
     # Event objects in Stripe's shapes (the fields our webhook handler reads).

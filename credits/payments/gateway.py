@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from credits import money
@@ -103,6 +104,8 @@ class PaymentIntentResult:
     decline_code: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    #: When the gateway created it (Unix seconds), if it said.
+    created: int | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -213,6 +216,15 @@ class PaymentGateway(Protocol):
         """Fetch the current state of an intent (after 3-D Secure, or for reconciliation). Raises GatewayNotFound."""
         ...
 
+    def list_payment_intents(self, *, created_after: datetime, limit: int = 100) -> list[PaymentIntentResult]:
+        """List intents created at or after `created_after`, newest first, at most `limit` (1-1000), any status.
+
+        For reconciliation: the report compares the succeeded ones with granted lots, and the job finds the
+        intent of a purchase whose answer was lost (by `metadata["purchase_id"]`). Raises GatewayUnavailable,
+        GatewayTimeout, GatewayError.
+        """
+        ...
+
     def refund(
         self,
         payment_intent_id: str,
@@ -271,6 +283,18 @@ def check_amount_minor(amount_minor: int, currency: str) -> int:
         raise ValidationError("a gateway amount is a positive integer of minor units", field="amount")
     money.check_amount(money.minor_to_micro(amount_minor, currency))
     return amount_minor
+
+
+MAX_LIST_LIMIT = 1000
+
+
+def check_list_args(created_after: datetime, limit: int) -> int:
+    """Return `created_after` as Unix seconds if the list arguments are usable; raise ValidationError otherwise."""
+    if not isinstance(created_after, datetime) or created_after.tzinfo is None:
+        raise ValidationError("created_after is an aware datetime", field="created_after")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST_LIMIT:
+        raise ValidationError(f"limit is between 1 and {MAX_LIST_LIMIT}", field="limit")
+    return int(created_after.timestamp())
 
 
 def check_refund_amount(amount_minor: int) -> int:

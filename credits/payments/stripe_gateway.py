@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, cast
 
 import stripe
@@ -36,6 +37,7 @@ from credits.payments.gateway import (
     WebhookEvent,
     check_amount_minor,
     check_idempotency_key,
+    check_list_args,
     check_metadata,
     check_refund_amount,
 )
@@ -48,6 +50,8 @@ STRIPE_API_BASE = "https://api.stripe.com"
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_READ_TIMEOUT_S = 30.0
 _CARD_ONLY = ["card"]
+_LIST_PAGE = 100
+_MAX_LIST_PAGES = 50
 
 
 class StripeGateway:
@@ -206,6 +210,34 @@ class StripeGateway:
             obj = self._client.v1.payment_intents.retrieve(payment_intent_id)
         return _payment_intent(_data(obj))
 
+    def list_payment_intents(self, *, created_after: datetime, limit: int = 100) -> list[PaymentIntentResult]:
+        since = check_list_args(created_after, limit)
+        try:
+            return self._list_intents({"created": {"gte": since}}, since, limit)
+        except GatewayError as exc:
+            # localstripe lists intents without filters and answers 400 ("Unexpected created"): filter here.
+            if type(exc) is not GatewayError or exc.extra.get("http_status") != 400:
+                raise
+            return self._list_intents({}, since, limit)
+
+    def _list_intents(self, filters: dict[str, Any], since: int, limit: int) -> list[PaymentIntentResult]:
+        found: list[PaymentIntentResult] = []
+        starting_after: str | None = None
+        for _ in range(_MAX_LIST_PAGES):
+            params: dict[str, Any] = {**filters, "limit": _LIST_PAGE}
+            if starting_after:
+                params["starting_after"] = starting_after
+            with _mapped():
+                page = self._client.v1.payment_intents.list(cast(Any, params))
+            items = [_payment_intent(_data(obj)) for obj in page.data]
+            found += [item for item in items if (item.created or 0) >= since]
+            # Stripe filters and sorts newest first, so `limit` matches end the walk; unfiltered, walk it all.
+            if not page.has_more or not items or (filters and len(found) >= limit):
+                break
+            starting_after = items[-1].id
+        found.sort(key=lambda r: (r.created or 0, r.id), reverse=True)
+        return found[:limit]
+
     def refund(
         self,
         payment_intent_id: str,
@@ -316,6 +348,7 @@ def _payment_intent(obj: Mapping[str, Any]) -> PaymentIntentResult:
         decline_code=error.get("decline_code"),
         error_code=error.get("code"),
         error_message=error.get("message"),
+        created=int(obj["created"]) if isinstance(obj.get("created"), int) else None,
     )
 
 

@@ -54,6 +54,14 @@ _security = Entry("security", "detecting and investigating account abuse", "legi
 _report = Entry("security", "investigating the customer's report", "legitimate interest", "case closed + 2 years",
                 True, "retain", retain_reason="evidence for fraud and dispute handling")
 
+_PAYMENTS = "taking card payments for credit, refunds and chargebacks"
+_payment_record = Entry("payment", _PAYMENTS, "contract", "10 years (accounting)", True, "retain",
+                        retain_reason=_MONEY_RETAIN)
+_gateway_id = Entry("payment", _PAYMENTS, "contract", "account lifetime + 10 years", False, "retain", log="masked",
+                    retain_reason="links our payment records to the gateway's for refunds and chargebacks")
+_card = Entry("payment", "showing the customer which saved card is which", "contract", "until the card is removed",
+              True, "null")
+
 INVENTORY: dict[str, Entry] = {
     # users
     "users.id": _ops(),
@@ -197,6 +205,37 @@ INVENTORY: dict[str, Entry] = {
     "security_reports.resolved_at": _report, "security_reports.resolved_by": _ops(),
     "security_reports.resolution": _report,
     "security_report_entries.report_id": _ops(), "security_report_entries.tx_id": _ops(),
+    # payments (CHECKLIST I57: gateway ids, brand, last 4 digits and expiry only; never a card number)
+    "gateway_customers.id": _ops(), "gateway_customers.user_id": _ops(), "gateway_customers.created_at": _ops(),
+    "gateway_customers.gateway_customer_id": _gateway_id,
+    "payment_methods.id": _ops(), "payment_methods.user_id": _ops(), "payment_methods.status": _ops(),
+    "payment_methods.setup_intent_id": _gateway_id, "payment_methods.gateway_payment_method_id": _gateway_id,
+    **{f"payment_methods.{c}": _card for c in ("brand", "last4", "exp_month", "exp_year")},
+    "payment_methods.created_at": _ops(), "payment_methods.saved_at": _ops(), "payment_methods.removed_at": _ops(),
+    "purchases.id": _ops(), "purchases.user_id": _ops(), "purchases.wallet_id": _ops(),
+    "purchases.payment_method_id": _ops(), "purchases.remember": _ops(), "purchases.lot_id": _ops(),
+    "purchases.idempotency_key": _ops(_PAYMENTS), "purchases.payment_intent_id": _payment_record,
+    **{f"purchases.{c}": _payment_record for c in (
+        "kind", "status", "amount", "amount_minor", "currency", "failure_code", "created_at", "updated_at",
+        "settled_at")},
+    "webhook_events.id": _ops(), "webhook_events.event_id": _ops(_PAYMENTS), "webhook_events.type": _ops(_PAYMENTS),
+    "webhook_events.object_id": _ops(_PAYMENTS), "webhook_events.received_at": _ops(_PAYMENTS),
+    "webhook_events.processed_at": _ops(_PAYMENTS), "webhook_events.outcome": _ops(_PAYMENTS),
+    **{f"auto_recharge_settings.{c}": _ops("auto-recharge the customer asked for") for c in (
+        "id", "wallet_id", "user_id", "enabled", "threshold", "amount", "monthly_cap", "payment_method_id",
+        "consecutive_failures", "next_attempt_at", "disabled_reason", "updated_at")},
+    "refunds.id": _ops(), "refunds.purchase_id": _ops(), "refunds.idempotency_key": _ops(_PAYMENTS),
+    "refunds.debit_tx_id": _ops(), "refunds.restore_tx_id": _ops(),
+    "refunds.requested_by": _ops("accountability of staff actions"),
+    "refunds.approved_by": _ops("accountability of staff actions"),
+    **{f"refunds.{c}": _payment_record for c in (
+        "amount", "amount_minor", "currency", "status", "gateway_refund_id", "failure_reason", "created_at",
+        "decided_at", "finished_at", "ticket")},
+    "refunds.reason": Entry("payment", _PAYMENTS, "contract", "10 years (accounting)", True, "retain", log="masked",
+                            retain_reason=_MONEY_RETAIN),
+    "disputes.id": _ops(), "disputes.purchase_id": _ops(),
+    **{f"disputes.{c}": _payment_record for c in (
+        "gateway_dispute_id", "status", "amount", "reason", "held", "written_off", "created_at", "closed_at")},
     # jobs
     "job_locks.name": _ops(), "job_locks.holder": _ops(), "job_locks.locked_until": _ops(),
     "job_runs.id": _ops(), "job_runs.name": _ops(), "job_runs.holder": _ops(), "job_runs.started_at": _ops(),

@@ -31,6 +31,11 @@ def init_api(app: Flask) -> Api:
     from credits.calls.api import blp as calls_blp
 
     api.register_blueprint(calls_blp)
+    from credits.payments.api import blp as payments_blp
+    from credits.payments.api import staff_blp as staff_payments_blp
+
+    api.register_blueprint(payments_blp)
+    api.register_blueprint(staff_payments_blp)
     from credits.accounts.api import auth_blp, me_blp, staff_sessions_blp
 
     for blp in (auth_blp, me_blp, staff_sessions_blp):

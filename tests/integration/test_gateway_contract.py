@@ -22,6 +22,7 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
 
@@ -30,7 +31,7 @@ import stripe
 
 from credits import clock
 from credits.config import Config
-from credits.errors import ConfigError, IdempotencyConflict
+from credits.errors import ConfigError, IdempotencyConflict, ValidationError
 from credits.payments.errors import (
     AuthenticationRequired,
     CardDeclined,
@@ -346,6 +347,34 @@ def test_refund_full(driver: Driver, key: Keys) -> None:
     assert driver.charged_minor(customer_id) == 0
 
 
+def test_list_payment_intents_since_a_time_newest_first(driver: Driver, key: Keys) -> None:
+    """Reconciliation lists recent intents (any status) and finds a purchase's intent by its metadata."""
+    gw = driver.gateway
+    since = datetime.fromtimestamp(_now() - 1, UTC)
+    customer_id, pm = _customer_with_card(driver, key)
+    paid = _pay(driver, key, customer_id, pm, amount=1000)
+    declined_customer, declined_pm = _customer_with_card(driver, key, DECLINED_AT_CHARGE)
+    with pytest.raises(CardDeclined) as declined:
+        _pay(driver, key, declined_customer, declined_pm)
+    waiting_customer, waiting_pm = _customer_with_card(driver, key, THREE_D_SECURE)
+    waiting = _pay(driver, key, waiting_customer, waiting_pm)
+
+    listed = gw.list_payment_intents(created_after=since)
+    by_id = {pi.id: pi for pi in listed}
+    assert set(by_id) == {paid.id, declined.value.payment_intent_id, waiting.id}
+    assert by_id[paid.id].status == "succeeded" and by_id[paid.id].amount_minor == 1000
+    assert dict(by_id[paid.id].metadata)["purchase_id"] == "42"
+    assert by_id[waiting.id].status == "requires_action"
+    assert by_id[declined.value.payment_intent_id].status == "requires_payment_method"
+    created = [pi.created for pi in listed]
+    assert all(isinstance(c, int) and c >= int(since.timestamp()) for c in created)
+    assert created == sorted(created, reverse=True)  # type: ignore[type-var]
+    assert len(gw.list_payment_intents(created_after=since, limit=2)) == 2
+    assert gw.list_payment_intents(created_after=datetime.fromtimestamp(_now() + 120, UTC)) == []
+    with pytest.raises(ValidationError):
+        gw.list_payment_intents(created_after=since, limit=0)
+
+
 def test_unknown_objects_are_not_found(driver: Driver, key: Keys) -> None:
     customer = driver.gateway.create_customer(idempotency_key=key())
     with pytest.raises(GatewayNotFound):
@@ -577,6 +606,13 @@ def test_localstripe_gap_setup_intent_for_an_unknown_customer_is_created(
     assert ls_driver.gateway.create_setup_intent("cus_doesnotexist", idempotency_key=key()).id.startswith("seti_")
     with pytest.raises(GatewayNotFound):
         FakeGateway().create_setup_intent("cus_doesnotexist", idempotency_key=key())
+
+
+def test_localstripe_gap_payment_intent_list_has_no_created_filter(ls_driver: LocalStripeDriver) -> None:
+    """Stripe filters `created[gte]` server-side; localstripe answers 400, so the adapter filters itself."""
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        ls_driver.raw.v1.payment_intents.list(cast(Any, {"created": {"gte": 1}}))
+    assert caught.value.http_status == 400
 
 
 def test_localstripe_gap_over_refund_is_accepted(ls_driver: LocalStripeDriver, key: Keys) -> None:

@@ -1,0 +1,35 @@
+"""The payments jobs (`auto-recharge`, `reconcile-payments`) and the ledger audit check, registered on import.
+
+create_app imports this module, so `flask --app wsgi jobs run` / `jobs run-once NAME` and `ledger audit` know them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from credits import jobs
+
+
+def _auto_recharge() -> dict[str, Any]:
+    from credits.payments import auto_recharge
+
+    return auto_recharge.run()
+
+
+def _reconcile() -> dict[str, Any]:
+    from credits.payments import reconcile
+
+    return reconcile.run()
+
+
+def register() -> None:
+    from credits.payments import reconcile
+
+    jobs.register("auto-recharge", _auto_recharge, 60,
+                  "charge saved cards of wallets whose available credit fell below their auto-recharge threshold")
+    jobs.register("reconcile-payments", _reconcile, 300,
+                  "settle purchases and refunds the gateway left open; detach forgotten cards")
+    reconcile.register()
+
+
+register()

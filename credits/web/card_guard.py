@@ -1,0 +1,135 @@
+"""Card-number guard (CHECKLIST I55, PCI SAQ A): refuse any request field that holds a card number.
+
+A before_request hook, registered first, looks at every JSON value (and key), form field and query
+parameter, nested at any depth. A Luhn-valid run of 13-19 digits (spaces or dashes allowed between them,
+alone or inside text) gets 400 `card_number_refused` before any view, log line or database write sees
+it. The answer names the field, never the value; the log line says only that a field was refused.
+
+Exemptions, on purpose:
+- `/webhooks/stripe`: the body is verified by its signature against the raw bytes and never holds a card
+  number (Stripe sends last4 only); reading it here would be pointless work on the gateway's path.
+- The switch API's number fields (`caller`, `callee` in /api/v1/calls/..., /api/v1/cdrs items,
+  /api/v1/balance and /api/v1/quote): dialled numbers of up to 20 digits, about one in ten of which passes
+  Luhn at 13-19 digits, so a real phone number would be refused. The switch schema accepts only digits with
+  an optional `+` there, and the switch is an authenticated machine, not a place where a person types.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Flask, request
+
+from credits.errors import ValidationError
+
+log = logging.getLogger(__name__)
+
+# A maximal run of digits, each after the first optionally preceded by one space or dash.
+_RUN = re.compile(r"[0-9](?:[ -]?[0-9])*")
+SWITCH_PATHS = ("/api/v1/calls/", "/api/v1/cdrs", "/api/v1/balance", "/api/v1/quote")
+SWITCH_NUMBER_FIELDS = frozenset({"caller", "callee"})
+EXEMPT_PATHS = ("/webhooks/stripe",)
+
+
+class CardNumberRefused(ValidationError):
+    """A request field held what looks like a card number; card data is only ever given to Stripe.js."""
+
+    code = "card_number_refused"
+    title = "Card numbers are not accepted here"
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn checksum of a string of ASCII digits."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def holds_card_number(text: str) -> bool:
+    """True when `text` contains a Luhn-valid run of 13-19 digits (spaces or dashes allowed between digits).
+
+    A run is delimited by anything but a digit, space or dash; longer runs (20+ digits) are not card numbers.
+    """
+    if sum(1 for ch in text if "0" <= ch <= "9") < 13:
+        return False
+    for match in _RUN.finditer(text):
+        digits = match.group().replace(" ", "").replace("-", "")
+        if 13 <= len(digits) <= 19 and luhn_ok(digits) and _is_plausible(digits):
+            return True
+    return False
+
+
+def _is_plausible(digits: str) -> bool:
+    # A run of one repeated digit ("0000000000000") passes Luhn but is no card number (padding, ids).
+    return len(set(digits)) > 1
+
+
+def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(field path, text) for every string, number and key in a decoded JSON document."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{path}.{key}" if path else str(key)
+            yield name, str(key)
+            yield from _walk(item, name)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk(item, f"{path}[{i}]")
+    elif isinstance(value, str):
+        yield path, value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield path, str(value) if isinstance(value, int) else repr(value)
+
+
+def _exempt(field: str, path: str) -> bool:
+    if not path.startswith(SWITCH_PATHS):
+        return False
+    leaf = re.sub(r"\[\d+\]", "", field).rsplit(".", 1)[-1]
+    return leaf in SWITCH_NUMBER_FIELDS
+
+
+def fields_of_request() -> Iterator[tuple[str, str]]:
+    """Every field of the current request: query parameters, form fields, JSON values and keys."""
+    for key, value in request.args.items(multi=True):
+        yield key, key
+        yield key, value
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        for key, value in request.form.items(multi=True):
+            yield key, key
+            yield key, value
+    elif request.is_json or (request.mimetype or "").endswith("+json"):
+        body = request.get_json(silent=True, force=True)
+        if body is not None:
+            yield from _walk(body, "")
+
+
+def refused_field() -> str | None:
+    """The first field of the current request that holds a card number, or None."""
+    if request.path.startswith(EXEMPT_PATHS):
+        return None
+    for field, text in fields_of_request():
+        if holds_card_number(text) and not _exempt(field, request.path):
+            return field
+    return None
+
+
+def register(app: Flask) -> None:
+    """Install the guard as the app's first before_request hook."""
+
+    def _guard() -> None:
+        field = refused_field()
+        if field is not None:
+            log.warning("refused a request with a card number in field %r", field[:100])
+            raise CardNumberRefused(
+                "Card numbers must never be sent to us: enter them only in the card field of the payment page.",
+                field=field[:100])
+
+    app.before_request_funcs.setdefault(None, []).insert(0, _guard)
