@@ -641,11 +641,22 @@ def _record(row: Any) -> CallRecord:
 
 def call_history(wallet_id: int, *, start: datetime | None = None, end: datetime | None = None,
                  after: str | None = None, limit: int = 50) -> CallPage:
-    """The wallet's calls, newest first, filtered by authorisation time [start, end), keyset-paginated."""
-    if not 1 <= limit <= 1000:
+    """The wallet's calls, newest first, filtered by authorisation time [start, end), keyset-paginated.
+
+    Pass a page's `next_cursor` as `after` for the next (older) page. Raises ValidationError (limit, cursor,
+    a range without timezone or backwards) and NotFound (wallet).
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise ValidationError("limit must be between 1 and 1000", field="limit")
+    for name, bound in (("start", start), ("end", end)):
+        if bound is not None and (not isinstance(bound, datetime) or bound.tzinfo is None):
+            raise ValidationError(f"{name} must be a time with a timezone", field=name)
     if start and end and start >= end:
         raise ValidationError("start must be before end", field="start")
+    # ASCII digits that fit a BIGINT: "²".isdigit() is true, and a 19-digit number may overflow the column.
+    if after is not None and (not isinstance(after, str) or not (after.isascii() and after.isdigit())
+                              or len(after) > 18):
+        raise ValidationError("invalid cursor", field="after")
     with unit_of_work() as uow:
         currency = uow.session.execute(select(W.c.currency).where(W.c.id == wallet_id)).scalar()
         if currency is None:
@@ -656,8 +667,6 @@ def call_history(wallet_id: int, *, start: datetime | None = None, end: datetime
         if end:
             query = query.where(C.c.authorized_at < end)
         if after is not None:
-            if not after.isdigit() or len(after) > 19:
-                raise ValidationError("invalid cursor", field="after")
             query = query.where(C.c.id < int(after))
         rows = uow.session.execute(query).all()
         records = [_record(r) for r in rows[:limit]]
@@ -670,11 +679,18 @@ CSV_HEADER = ["call_id", "authorized_at", "answered_at", "ended_at", "caller", "
 
 
 def calls_csv(wallet_id: int, *, start: datetime | None = None, end: datetime | None = None) -> Iterator[str]:
-    """The wallet's calls in the date range as CSV lines (header first), newest first, streamed in pages."""
+    """The wallet's calls in the date range as CSV lines (header first), newest first, streamed in pages.
+
+    The arguments are checked, and the first page read, before this returns: a bad range raises here
+    (ValidationError, NotFound), never halfway through a download.
+    """
+    first = call_history(wallet_id, start=start, end=end, limit=1000)
+    return _csv_pages(wallet_id, start, end, first)
+
+
+def _csv_pages(wallet_id: int, start: datetime | None, end: datetime | None, page: CallPage) -> Iterator[str]:
     yield _csv_line(CSV_HEADER)
-    after: str | None = None
     while True:
-        page = call_history(wallet_id, start=start, end=end, after=after, limit=1000)
         for r in page.records:
             yield _csv_line([
                 r.call_id, _iso(r.authorized_at), _iso(r.answered_at), _iso(r.ended_at), r.caller, r.callee,
@@ -685,18 +701,21 @@ def calls_csv(wallet_id: int, *, start: datetime | None = None, end: datetime | 
             ])
         if page.next_cursor is None:
             return
-        after = page.next_cursor
+        page = call_history(wallet_id, start=start, end=end, after=page.next_cursor, limit=1000)
 
 
 def _iso(value: datetime | None) -> str:
     return value.isoformat().replace("+00:00", "Z") if value else ""
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_line(values: Sequence[object]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     # Neutralise spreadsheet formulas in text cells (CSV injection).
-    writer.writerow(["'" + v if isinstance(v, str) and v[:1] in ("=", "+", "-", "@") and not _numeric(v) else v
+    writer.writerow(["'" + v if isinstance(v, str) and v[:1] in _FORMULA_START and not _numeric(v) else v
                      for v in values])
     return buf.getvalue()
 
