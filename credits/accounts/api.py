@@ -10,6 +10,7 @@ from typing import Any
 from flask import Response, after_this_request, g, request, stream_with_context
 from flask_smorest import Blueprint
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from marshmallow import RAISE
 
 from credits import config, money
 from credits.accounts import mfa, schemas, service, sessions, signin
@@ -262,7 +263,7 @@ def wallet() -> dict[str, Any]:
 
 @me_blp.route("/statement", methods=["GET"])
 @login_required
-@me_blp.arguments(schemas.PageQuery, location="query")
+@me_blp.arguments(schemas.PageQuery, location="query", unknown=RAISE)
 @me_blp.response(200, schemas.StatementOut)
 @me_blp.doc(security=SECURITY)
 def statement(args: dict[str, Any]) -> dict[str, Any]:
@@ -271,7 +272,8 @@ def statement(args: dict[str, Any]) -> dict[str, Any]:
     f = money.format_micro
     return {"currency": currency, "next": page.next_cursor,
             "lines": [{"tx_id": x.tx_id, "kind": x.kind, "memo": x.memo, "created_at": _iso(x.created_at),
-                       "amount": f(x.amount), "balance_after": f(x.balance_after)} for x in page.lines]}
+                       # int(): on PostgreSQL the ledger's running balance after a cursor is a Decimal
+                       "amount": f(int(x.amount)), "balance_after": f(int(x.balance_after))} for x in page.lines]}
 
 
 def _call(r: Any) -> dict[str, Any]:
@@ -287,7 +289,7 @@ def _call(r: Any) -> dict[str, Any]:
 
 @me_blp.route("/calls", methods=["GET"])
 @login_required
-@me_blp.arguments(schemas.CallsQuery, location="query")
+@me_blp.arguments(schemas.CallsQuery, location="query", unknown=RAISE)
 @me_blp.response(200, schemas.CallsOut)
 @me_blp.doc(security=SECURITY)
 def calls(args: dict[str, Any]) -> Any:

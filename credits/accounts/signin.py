@@ -106,15 +106,20 @@ def _check_password(uow: UnitOfWork, email: object, password: object, ip: str | 
     return user
 
 
-def _new_device(db: DbSession, user_id: int, ip: str | None, user_agent: str | None) -> bool:
-    seen = db.execute(select(S.c.id).where(S.c.user_id == user_id, S.c.ip_prefix == events.ip_prefix(ip),
-                                           S.c.user_agent == ((user_agent or "")[:200] or None)).limit(1)).first()
-    return seen is None
+def _new_device(db: DbSession, user_id: int, ip: str | None, user_agent: str | None,
+                exclude: int | None = None) -> bool:
+    """True when the user has signed in before, but never from this network and browser."""
+    query = select(S.c.ip_prefix, S.c.user_agent).where(S.c.user_id == user_id)
+    if exclude is not None:
+        query = query.where(S.c.id != exclude)
+    seen = {(row.ip_prefix, row.user_agent) for row in db.execute(query.limit(1000)).all()}
+    return bool(seen) and (events.ip_prefix(ip), (user_agent or "")[:200] or None) not in seen
 
 
-def _signed_in(db: DbSession, user_id: int, kind: str, ip: str | None, user_agent: str | None) -> None:
+def _signed_in(db: DbSession, user_id: int, kind: str, ip: str | None, user_agent: str | None,
+               new_device: bool) -> None:
     """Bookkeeping of a complete sign-in: last login, event, and a notice from a device not seen before."""
-    if _new_device(db, user_id, ip, user_agent):
+    if new_device:
         notices.security_notice(db, user_id, "new_sign_in", ip_prefix=events.ip_prefix(ip) or "unknown",
                                 user_agent=(user_agent or "unknown")[:200], kind=kind)
     db.execute(update(U).where(U.c.id == user_id).values(last_login_at=clock.now()))
@@ -155,12 +160,13 @@ def login(email: str, password: str, *, totp: str | None = None, kind: str = "we
         previous = sessions.find(db, previous_token) if previous_token else None
         if previous is not None:
             sessions.revoke_in(db, previous.id)
+        new_device = _new_device(db, user.id, ip, user_agent)
         new = sessions.create(db, user.id, kind=kind, mfa_ok=mfa_ok, ip=ip, user_agent=user_agent)
         pending = mfa_on and not mfa_ok
         if pending:
             events.record(db, "login_password_ok", user_id=user.id, ip=ip, detail=kind)
         else:
-            _signed_in(db, user.id, kind, ip, user_agent)
+            _signed_in(db, user.id, kind, ip, user_agent, new_device)
         uow.commit()
         return LoginResult(user.id, user.role, new, pending)
 
@@ -182,9 +188,10 @@ def complete_mfa(session_id: int, user_id: int, code: str, *, ip: str | None = N
         if method == "recovery":
             events.record(db, "recovery_code_used", user_id=user_id, ip=ip)
         kind = db.execute(select(S.c.kind).where(S.c.id == session_id)).scalar() or "web"
+        new_device = _new_device(db, user_id, ip, user_agent, exclude=session_id)
         sessions.revoke_in(db, session_id)
         new = sessions.create(db, user_id, kind=kind, mfa_ok=True, ip=ip, user_agent=user_agent)
-        _signed_in(db, user_id, kind, ip, user_agent)
+        _signed_in(db, user_id, kind, ip, user_agent, new_device)
         uow.commit()
         return new
 
