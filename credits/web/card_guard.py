@@ -5,6 +5,7 @@ parameter, nested at any depth. A Luhn-valid run of 13-19 digits (spaces or dash
 alone or inside text) gets 400 `card_number_refused` before any view, log line or database write sees
 it. The answer names the field, never the value; the log line says only that a field was refused.
 
+Not a card number: a run after a "+" (E.164 phone numbers, up to 15 digits, pass Luhn one time in ten).
 Exemptions, on purpose:
 - `/webhooks/stripe`: the body is verified by its signature against the raw bytes and never holds a card
   number (Stripe sends last4 only); reading it here would be pointless work on the gateway's path.
@@ -57,11 +58,14 @@ def luhn_ok(digits: str) -> bool:
 def holds_card_number(text: str) -> bool:
     """True when `text` contains a Luhn-valid run of 13-19 digits (spaces or dashes allowed between digits).
 
-    A run is delimited by anything but a digit, space or dash; longer runs (20+ digits) are not card numbers.
+    A run is delimited by anything but a digit, space or dash; longer runs (20+ digits) are not card numbers,
+    and neither is a run written after a "+" (an international phone number, such as a profile's phone).
     """
     if sum(1 for ch in text if "0" <= ch <= "9") < 13:
         return False
     for match in _RUN.finditer(text):
+        if match.start() and text[match.start() - 1] == "+":
+            continue  # "+<digits>" is a phone number in E.164 notation; no one writes a card number that way
         digits = match.group().replace(" ", "").replace("-", "")
         if 13 <= len(digits) <= 19 and luhn_ok(digits) and _is_plausible(digits):
             return True
@@ -78,7 +82,7 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, dict):
         for key, item in value.items():
             name = f"{path}.{key}" if path else str(key)
-            yield name, str(key)
+            yield (f"{path}.(a key)" if path else "(a key)"), str(key)
             yield from _walk(item, name)
     elif isinstance(value, list):
         for i, item in enumerate(value):
@@ -99,11 +103,11 @@ def _exempt(field: str, path: str) -> bool:
 def fields_of_request() -> Iterator[tuple[str, str]]:
     """Every field of the current request: query parameters, form fields, JSON values and keys."""
     for key, value in request.args.items(multi=True):
-        yield key, key
+        yield "(a query parameter name)", key
         yield key, value
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         for key, value in request.form.items(multi=True):
-            yield key, key
+            yield "(a form field name)", key
             yield key, value
     elif request.is_json or (request.mimetype or "").endswith("+json"):
         body = request.get_json(silent=True, force=True)
@@ -117,7 +121,8 @@ def refused_field() -> str | None:
         return None
     for field, text in fields_of_request():
         if holds_card_number(text) and not _exempt(field, request.path):
-            return field
+            # The field's name goes into the answer and the log: never let it carry the number itself.
+            return "(a field)" if holds_card_number(field) else field
     return None
 
 

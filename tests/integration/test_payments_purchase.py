@@ -61,8 +61,8 @@ def test_purchase_succeeds_grants_the_credit_once_with_a_receipt(fake: FakeGatew
     assert service.settle(view.id).lot_id == view.lot_id
     assert ledger.get_wallet(buyer.wallet_id).balance == TEN
     # Our idempotency key on every mutating call.
-    assert all(c.idempotency_key for c in fake.calls if c.operation in ("create_payment_intent", "attach_payment_method",
-                                                                         "create_setup_intent", "create_customer"))
+    mutating = ("create_payment_intent", "attach_payment_method", "create_setup_intent", "create_customer")
+    assert all(c.idempotency_key for c in fake.calls if c.operation in mutating)
     audit_clean()
 
 
