@@ -15,10 +15,12 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
     from flask_migrate import Migrate
 
     from credits import cli, config, db
-    from credits.web import errors, health
+    from credits import logging as logs
+    from credits.web import errors, health, request_log
 
     settings = cfg if cfg is not None else config.Config.from_env(**overrides)
     config.install(settings)
+    logs.configure(settings.log_level)
     if settings.database_url.startswith("sqlite:///"):
         from pathlib import Path
 
@@ -56,6 +58,12 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_count,  # type: ignore[method-assign]
                                 x_proto=settings.proxy_count)
+    request_log.register(app)
     app.register_blueprint(health.bp)
+    from credits.security import views as security_views
+
+    app.register_blueprint(security_views.bp)
     cli.register(app)
+    # Feature job modules add their jobs to the table (credits.jobs.register) when imported.
+    from credits.notify import jobs as _notify_jobs  # noqa: F401
     return app

@@ -83,6 +83,14 @@ class AccountNotActive(DomainError):
     title = "Account not active"
 
 
+class MoneyFrozen(AccountNotActive):
+    """Money movement (transfers, purchases with saved cards, auto-recharge) is frozen after a security report
+    until staff unfreeze it; calls go on."""
+
+    code = "money_frozen"
+    title = "Money movement frozen"
+
+
 class LimitExceeded(DomainError):
     """A configured limit (transfer minimum, maximum, daily total) refuses the amount."""
 

@@ -25,6 +25,7 @@ from credits.errors import (
     IdempotencyConflict,
     InsufficientCredit,
     LimitExceeded,
+    MoneyFrozen,
     NotFound,
     ValidationError,
 )
@@ -722,11 +723,14 @@ def _transfer(session: Session, from_wallet_id: int, to: str | int, amount: int,
     if amount > maximum:
         raise LimitExceeded(f"the largest transfer is {money.format_micro(maximum)}")
     source, target = wallets[from_wallet_id], wallets[recipient.id]
-    statuses = dict(session.execute(
-        select(User.id, User.status).where(User.id.in_([source.user_id, target.user_id]))
-    ).all())
+    users = {row.id: row for row in session.execute(
+        select(User.id, User.status, User.money_frozen_at).where(User.id.in_([source.user_id, target.user_id]))
+    ).all()}
+    statuses = {user_id: row.status for user_id, row in users.items()}
     if statuses.get(source.user_id) != "active":
         raise AccountNotActive("your account may not transfer credit right now")
+    if users[source.user_id].money_frozen_at is not None:
+        raise MoneyFrozen("money movement on your account is frozen after a security report; contact support")
     if statuses.get(target.user_id) != "active":
         raise AccountNotActive("the recipient's account cannot receive credit")
     if source.currency != target.currency:
@@ -788,8 +792,9 @@ def transfer(from_account: str | int, to: str | int, amount: int, *, key: str | 
     The recipient gets new transfer_in lots with the expiry of the lots drawn from. Refused with
     LimitExceeded below the minimum, above the maximum or past the 24-hour limit (settings
     CREDITS_TRANSFER_MIN/_MAX/_DAILY_LIMIT), AccountNotActive when either account is frozen, restricted or
-    closed, ValidationError to yourself or across currencies, InsufficientCredit, NotFound. With `key`, a
-    replay returns the first transfer and moves nothing.
+    closed, MoneyFrozen when the sender's money movement is frozen (security report), ValidationError to
+    yourself or across currencies, InsufficientCredit, NotFound. With `key`, a replay returns the first
+    transfer and moves nothing.
     """
     with unit_of_work() as uow:
         account_id = from_account if isinstance(from_account, int) else _resolve_wallet(uow.session, from_account).id

@@ -9,6 +9,7 @@ from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from credits import clock, crypto
+from credits.notify.catalog import SECURITY_NOTICES
 from credits.notify.models import OutboxMessage
 
 O: Table = OutboxMessage.__table__  # type: ignore[assignment]
@@ -21,11 +22,18 @@ def enqueue(session: Session, *, template: str, to: str, context: dict[str, Any]
     Runs in the caller's transaction, so the message exists exactly when the change that causes it commits.
     Recipient and context are encrypted at rest. With `dedupe_key`, a second enqueue of the same key does
     nothing and returns None; otherwise returns the message id.
+
+    A security notice (credits.notify.catalog.SECURITY_NOTICES) for a `user_id` gets its "this wasn't me" link
+    here (`wasnt_me_url`, a fresh single-use token), so that no caller can forget it.
     """
     if dedupe_key is not None:
         seen = session.execute(select(O.c.id).where(O.c.dedupe_key == dedupe_key)).scalar()
         if seen is not None:
             return None
+    if template in SECURITY_NOTICES and user_id is not None and "wasnt_me_url" not in context:
+        from credits.security import links
+
+        context = {**context, "wasnt_me_url": links.url(links.issue(session, user_id))}
     now = clock.now()
     message_id: int = session.execute(
         insert(O).values(user_id=user_id, template=template, recipient_enc="", context_enc="", status="pending",

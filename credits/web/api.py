@@ -40,4 +40,8 @@ def init_api(app: Flask) -> Api:
 
     for blp in (auth_blp, me_blp, staff_sessions_blp):
         api.register_blueprint(blp)
+    from credits.security.api import me_security_blp, public_security_blp, staff_security_blp
+
+    for blp in (me_security_blp, public_security_blp, staff_security_blp):
+        api.register_blueprint(blp)
     return api

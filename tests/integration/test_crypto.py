@@ -279,7 +279,8 @@ def test_N98_blind_index_key_differs_from_every_encryption_key_by_default(backen
 
 # ---------------------------------------------------------------- N99
 
-PROD = {"env": "production", "database_url": "postgresql://app@db/credits", "secret_key": "s" * 40}
+PROD = {"env": "production", "database_url": "postgresql://app@db/credits", "secret_key": "s" * 40,
+        "public_url": "https://credits.example"}
 
 
 def test_N99_production_refuses_to_start_without_keys():
@@ -317,7 +318,7 @@ def test_N99_production_refuses_default_and_malformed_keys():
 def test_N99_production_keys_come_from_the_environment():
     cfg = config.Config.from_env({"CREDITS_ENV": "production", "CREDITS_DATABASE_URL": "postgresql://app@db/credits",
                                   "CREDITS_SECRET_KEY": "s" * 40, "CREDITS_ENCRYPTION_KEYS": f"k2:{K2},k1:{K1}",
-                                  "CREDITS_BLIND_INDEX_KEY": BLIND})
+                                  "CREDITS_BLIND_INDEX_KEY": BLIND, "CREDITS_PUBLIC_URL": "https://credits.example"})
     ring = crypto.Keyring.from_config(cfg)
     assert ring.primary == "k2" and set(ring.keys) == {"k1", "k2"}
     dev = crypto.Keyring.from_config(config.Config(env="development"))
