@@ -30,7 +30,7 @@ me_blp = Blueprint("me", __name__, url_prefix="/api/v1/me",
                    description="The signed-in customer's profile, wallet, statement, calls, sessions and security")
 staff_sessions_blp = Blueprint("staff_sessions", __name__, url_prefix="/api/v1/staff",
                                description="Staff: account security")
-SECURITY = [{"sessionCookie": []}, {"personalToken": []}]
+SECURITY: list[dict[str, list[str]]] = [{"sessionCookie": []}, {"personalToken": []}]
 
 #: Non-identifying retry block after a refused sign-up (G50): a signed timestamp, nothing about the person.
 SIGNUP_BLOCK_COOKIE = "__Host-signup-block"
@@ -403,3 +403,12 @@ def mfa_recovery_codes(body: dict[str, Any]) -> dict[str, Any]:
 def staff_revoke_sessions(user_id: int) -> dict[str, Any]:
     """Sign a customer out everywhere (audit-logged)."""
     return {"revoked": sessions.staff_revoke_all(current_user_id(), user_id)}
+
+
+@staff_sessions_blp.route("/accounts/<int:user_id>/underage", methods=["POST"])
+@staff_required("accounts.close_underage")
+@staff_sessions_blp.response(204)
+@staff_sessions_blp.doc(security=SECURITY)
+def staff_close_underage(user_id: int) -> None:
+    """The account belongs to a child under 13: close it and erase its personal data (audit-logged)."""
+    service.close_underage(current_user_id(), user_id)

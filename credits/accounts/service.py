@@ -174,7 +174,7 @@ def _verification_token(db: DbSession, user_id: int, purpose: str, data: str | N
     expires = now + timedelta(hours=config.current().email_verify_hours)
     db.execute(update(T).where(T.c.user_id == user_id, T.c.purpose == purpose, T.c.used_at.is_(None))
                .values(used_at=now))
-    token_id = db.execute(insert(T).values(user_id=user_id, purpose=purpose, token_hash=_token_hash(token),
+    token_id: int = db.execute(insert(T).values(user_id=user_id, purpose=purpose, token_hash=_token_hash(token),
                                            created_at=now, expires_at=expires).returning(T.c.id)).scalar_one()
     if data is not None:
         db.execute(update(T).where(T.c.id == token_id).values(
@@ -301,6 +301,27 @@ class ProfileUpdate:
     email_change_pending: bool
 
 
+def _start_email_change(db: DbSession, user: Any, new_email: str, ip: str | None) -> bool:
+    """Send a confirmation link to `new_email` (or, if another account has it, tell that account's owner
+    and say nothing to the caller); return True when a change is under way."""
+    from credits.accounts import notices
+    from credits.security import events
+
+    current = crypto.decrypt(user.email_enc, "users", "email_enc", user.id) or ""
+    if new_email == current:
+        return False
+    name = crypto.decrypt(user.name_enc, "users", "name_enc", user.id) or ""
+    taken = db.execute(select(U.c.id).where(U.c.email_bidx == email_index(new_email))).scalar()
+    if taken is None:
+        token, expires = _verification_token(db, user.id, "change_email", data=new_email)
+        notices.send(db, user.id, "email_change_confirm", new_email, name, new_email=new_email, token=token,
+                     link=notices.link("/verify-email", token), expires_at=expires)
+    else:
+        notices.send(db, taken, "account_exists", new_email, link=f"{notices.public_url()}/forgot-password")
+    events.record(db, "email_change_requested", user_id=user.id, ip=ip)
+    return True
+
+
 def _profile(db: DbSession, user_id: int) -> Profile:
     from credits.calls.models import CallerNumber
     from credits.ledger.models import Wallet
@@ -343,7 +364,6 @@ def update_profile(user_id: int, changes: Mapping[str, Any], *, ip: str | None =
     Email and phone changes need `current_password` (re-authentication). All or nothing.
     Raises ValidationError, ReauthenticationFailed, Conflict (the number belongs to another account), NotFound.
     """
-    from credits.accounts import notices
     from credits.calls.service import _register_number
     from credits.security import events
 
@@ -388,18 +408,8 @@ def update_profile(user_id: int, changes: Mapping[str, Any], *, ip: str | None =
                 raise NotFound("no wallet")
             _register_number(db, wallet_id, phone, now)
             events.record(db, "phone_added", user_id=user_id, ip=ip)
-        current_email = crypto.decrypt(user.email_enc, "users", "email_enc", user_id) or ""
-        if new_email is not None and new_email != current_email:
-            name = crypto.decrypt(user.name_enc, "users", "name_enc", user_id) or ""
-            taken = db.execute(select(U.c.id).where(U.c.email_bidx == email_index(new_email))).scalar()
-            if taken is None:
-                token, expires = _verification_token(db, user_id, "change_email", data=new_email)
-                notices.send(db, user_id, "email_change_confirm", new_email, name, new_email=new_email, token=token,
-                             link=notices.link("/verify-email", token), expires_at=expires)
-            else:  # say nothing about who owns it; its owner learns someone tried
-                notices.send(db, taken, "account_exists", new_email, link=f"{notices.public_url()}/forgot-password")
-            events.record(db, "email_change_requested", user_id=user_id, ip=ip)
-            pending = True
+        if new_email is not None:
+            pending = _start_email_change(db, user, new_email, ip)
         if values:
             events.record(db, "profile_changed", user_id=user_id, ip=ip, detail=",".join(sorted(values)))
         profile = _profile(db, user_id)
@@ -447,3 +457,50 @@ def my_calls_csv(user_id: int, *, start: datetime | None = None, end: datetime |
     wallet_id = _wallet_id(user_id)
     call_history(wallet_id, start=start, end=end, limit=1)  # validate now, not halfway through a stream
     return calls_csv(wallet_id, start=start, end=end)
+
+
+# ---------------------------------------------------------------- G51: a child's account reported by staff
+
+
+def close_underage(actor_id: int, user_id: int) -> None:
+    """Close an account staff learnt belongs to a child under 13, and erase its personal data (G51).
+
+    Not the legal-retention path: name, date of birth, country, password, MFA, sessions, tokens, recovery codes,
+    queued emails and caller numbers are deleted; the address is replaced by a pseudonym (the column is unique
+    and required); security events lose their network; call records keep amounts but not the numbers. The
+    wallet and its journal stay (the ledger is append-only; money is settled separately). Audit-logged with
+    no personal data. Raises NotFound.
+    """
+    from credits import audit
+    from credits.accounts.models import RecoveryCode, Session
+    from credits.calls.models import Call, CallerNumber
+    from credits.ledger.models import Wallet
+    from credits.notify.models import OutboxMessage
+    from credits.security import events
+    from credits.security.models import SecurityEvent
+
+    def table(model: Any) -> Table:
+        return model.__table__  # type: ignore[no-any-return]
+
+    with unit_of_work() as uow:
+        db = uow.session
+        if db.execute(select(U.c.id).where(U.c.id == user_id).with_for_update()).scalar() is None:
+            raise NotFound("no such account")
+        pseudonym = f"erased-{user_id}@erased.invalid"
+        db.execute(update(U).where(U.c.id == user_id).values(
+            status="closed", email_enc=crypto.encrypt(pseudonym, "users", "email_enc", user_id),
+            email_bidx=email_index(pseudonym), email_verified_at=None, name_enc=None, dob_enc=None, country=None,
+            password_hash=None, mfa_secret_enc=None, mfa_enabled_at=None, mfa_last_step=None, last_login_at=None,
+            reset_required=False))
+        for model in (Session, RecoveryCode, EmailToken, OutboxMessage):
+            t = table(model)
+            db.execute(t.delete().where(t.c.user_id == user_id))
+        se = table(SecurityEvent)
+        db.execute(update(se).where(se.c.user_id == user_id).values(ip_prefix=None))
+        wallets = select(table(Wallet).c.id).where(table(Wallet).c.user_id == user_id).scalar_subquery()
+        cn, calls = table(CallerNumber), table(Call)
+        db.execute(cn.delete().where(cn.c.wallet_id.in_(wallets)))
+        db.execute(update(calls).where(calls.c.wallet_id.in_(wallets)).values(caller="erased", callee="erased"))
+        audit.record(db, f"user:{actor_id}", "accounts.close_underage", f"user:{user_id}")
+        events.record(db, "account_closed_underage", user_id=user_id)
+        uow.commit()

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import ColumnElement, Table, insert, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from credits import clock, config
@@ -26,7 +26,7 @@ S: Table = Session.__table__  # type: ignore[assignment]
 U: Table = User.__table__  # type: ignore[assignment]
 
 #: Personal API tokens carry a visible prefix so that they can be recognised (and scrubbed from logs).
-API_TOKEN_PREFIX = "cpt_"
+API_TOKEN_PREFIX = "cpt_"  # noqa: S105 - a visible prefix, not a secret
 #: last_seen_at is written at most this often per session: a request does not write on every call.
 TOUCH_RESOLUTION = timedelta(seconds=60)
 _MAX_TOKEN_LENGTH = 128
@@ -147,7 +147,7 @@ def find(db: DbSession, token: str | None) -> SessionInfo | None:
     return _live(db, token, None)
 
 
-def _revoke_where(db: DbSession, *conditions: object) -> int:
+def _revoke_where(db: DbSession, *conditions: ColumnElement[bool]) -> int:
     result = db.execute(update(S).where(S.c.revoked_at.is_(None), *conditions).values(revoked_at=clock.now()))
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -159,7 +159,7 @@ def revoke_in(db: DbSession, session_id: int) -> None:
 
 def revoke_all_in(db: DbSession, user_id: int, *, except_id: int | None = None) -> int:
     """Revoke every live session and API token of `user_id` (but `except_id`) in the caller's transaction."""
-    conditions: list[object] = [S.c.user_id == user_id]
+    conditions: list[ColumnElement[bool]] = [S.c.user_id == user_id]
     if except_id is not None:
         conditions.append(S.c.id != except_id)
     return _revoke_where(db, *conditions)

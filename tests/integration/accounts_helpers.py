@@ -66,3 +66,15 @@ def enrol_totp(client: Any, csrf: dict[str, str], password: str = PASSWORD) -> t
     r = client.post("/api/v1/me/mfa/totp/confirm", json={"code": totp_now(secret)}, headers=csrf)
     assert r.status_code == 200, r.json
     return secret, r.json["recovery_codes"], {"X-CSRF-Token": r.json["csrf_token"]}
+
+
+STAFF_PASSWORD = "correct horse battery"  # tests.conftest.Factory's password
+
+
+def staff_client(app: Any, make: Any, role: str = "support") -> tuple[Any, dict[str, str]]:
+    """A test client signed in as a new staff member of `role` who has passed TOTP; (client, CSRF headers)."""
+    make.account(f"{role}@example.com", role=role)
+    staff = app.test_client()
+    r = login(staff, f"{role}@example.com", STAFF_PASSWORD)
+    _secret, _codes, csrf = enrol_totp(staff, {"X-CSRF-Token": r.json["csrf_token"]}, password=STAFF_PASSWORD)
+    return staff, csrf

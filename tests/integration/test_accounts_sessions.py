@@ -7,9 +7,8 @@ import base64
 import pytest
 import sqlalchemy as sa
 
-from credits.web.auth import SESSION_COOKIE
 from tests.conftest import table_snapshot
-from tests.integration.accounts_helpers import PASSWORD, cookie, login, signed_in
+from tests.integration.accounts_helpers import PASSWORD, cookie, login, signed_in, staff_client
 
 
 def test_K78_idle_timeout_and_absolute_lifetime_match_the_documented_settings(client, clock):
@@ -91,22 +90,12 @@ def test_K79_a_session_of_another_user_is_404(client, app):
     assert mallory.get("/api/v1/me").status_code == 200
 
 
-def _staff_client(app, make, clock, role="support"):
-    from tests.integration.accounts_helpers import enrol_totp
-
-    make.account(f"{role}@example.com", role=role)
-    staff = app.test_client()
-    r = login(staff, f"{role}@example.com", "correct horse battery")
-    _secret, _codes, csrf = enrol_totp(staff, {"X-CSRF-Token": r.json["csrf_token"]}, password="correct horse battery")
-    return staff, csrf
-
-
 def test_K79_staff_can_revoke_all_sessions_of_a_user_audit_logged(client, app, make, clock, database):
     from credits.audit import AuditEntry
 
     signed_in(client)
     user_id = client.get("/api/v1/me").json["id"]
-    staff, staff_csrf = _staff_client(app, make, clock)
+    staff, staff_csrf = staff_client(app, make)
     r = staff.delete(f"/api/v1/staff/accounts/{user_id}/sessions", headers=staff_csrf)
     assert r.status_code == 200 and r.json["revoked"] == 1
     assert client.get("/api/v1/me").status_code == 401

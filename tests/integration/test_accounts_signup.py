@@ -8,6 +8,7 @@ from argon2 import PasswordHasher, extract_parameters
 from credits.accounts.models import EmailToken, User
 from tests.conftest import row_counts, table_snapshot
 from tests.integration.accounts_helpers import PASSWORD, login, outbox, register, verify_latest
+from tests.integration.switch_fixtures import plan_fixture, switch_fixture, switch_key_fixture  # noqa: F401
 
 
 def _user_row(database, email="ada@example.com"):
@@ -89,8 +90,8 @@ def test_G49_date_of_birth_is_a_free_full_date_entry(client):
     assert "YYYY-MM-DD" in schema["properties"]["date_of_birth"]["description"]
     # No checkbox or claim about age, no pre-filtered years, no wording about refusing children.
     assert set(schema["properties"]) == {"email", "password", "name", "date_of_birth", "country"}
-    text = str(spec).lower()
-    assert "under 13" not in text and "over 12" not in text and "13 or older" not in text
+    text = (str(schema) + str(spec["paths"]["/api/v1/auth/register"])).lower()
+    assert "13" not in text and "12" not in text and "child" not in text and "age" not in text.replace("message", "")
     # Any real date of birth is accepted as entry (the age rule applies after, silently).
     assert register(client, date_of_birth="1931-12-31").status_code == 201
 
@@ -119,6 +120,50 @@ def test_G50_thirteenth_birthday_today_is_accepted(client, clock):
     today = clock.now().date()
     born = today.replace(year=today.year - 13)
     assert register(client, email="teen@example.com", date_of_birth=born.isoformat()).status_code == 201
+
+
+def test_G51_staff_closes_a_reported_child_account_and_erases_its_personal_data(app, client, make, database,
+                                                                               switch, plan):
+    import sqlalchemy as sa
+
+    from credits.audit import AuditEntry
+    from credits.calls.models import Call, CallerNumber
+    from credits.ledger import service as ledger
+    from tests.integration.accounts_helpers import signed_in, staff_client
+
+    csrf = signed_in(client, "child@example.com")
+    client.patch("/api/v1/me", json={"phone": "+6591112222", "current_password": PASSWORD}, headers=csrf)
+    child = client.get("/api/v1/me").json
+    ledger.grant(ledger.wallet_of_user(child["id"]).id, 1_000_000, "purchase")
+    switch.authorize("child-call", "+6591112222", "+6561234567")
+    switch.complete("child-call", 30)
+    support, support_csrf = staff_client(app, make, "support")
+    assert support.post(f"/api/v1/staff/accounts/{child['id']}/underage", headers=support_csrf).status_code == 403
+    officer, officer_csrf = staff_client(app, make, "security_officer")
+    r = officer.post(f"/api/v1/staff/accounts/{child['id']}/underage", headers=officer_csrf)
+    assert r.status_code == 204
+    assert client.get("/api/v1/me").status_code == 401  # signed out everywhere
+    assert login(client, "child@example.com").status_code == 401
+    with database.engine.connect() as conn:
+        user = conn.execute(sa.select(User.__table__).where(User.id == child["id"])).one()
+        assert user.status == "closed" and user.name_enc is None and user.dob_enc is None and user.country is None
+        assert user.password_hash is None and user.mfa_secret_enc is None
+        assert conn.execute(sa.select(CallerNumber.__table__)).all() == []
+        call = conn.execute(sa.select(Call.caller, Call.callee)).one()
+        assert tuple(call) == ("erased", "erased")
+        for t in ("sessions", "email_tokens", "recovery_codes"):
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {t} WHERE user_id = :u"), {"u": child["id"]}).scalar() \
+                == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM outbox WHERE user_id = :u"), {"u": child["id"]}).scalar() \
+            == 0
+        entry = conn.execute(sa.select(AuditEntry.action, AuditEntry.subject, AuditEntry.detail)
+                             .where(AuditEntry.action == "accounts.close_underage")).one()
+        assert entry.subject == f"user:{child['id']}" and "child" not in entry.detail
+    # No decryptable personal value is left on the user row: the address is a pseudonym.
+    from credits.accounts import service
+
+    assert service.get_profile(child["id"]).email.startswith("erased-")
+    assert officer.post("/api/v1/staff/accounts/999999/underage", headers=officer_csrf).status_code == 404
 
 
 # ---------------------------------------------------------------- J61-J64: passwords

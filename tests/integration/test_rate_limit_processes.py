@@ -34,7 +34,8 @@ def _redis():
     try:
         client.ping()
     except redis.RedisError:
-        if os.environ.get("CREDITS_TEST_REQUIRE_REDIS") == "1" or os.environ.get("CREDITS_TEST_REQUIRE_POSTGRES") == "1":
+        required = ("CREDITS_TEST_REQUIRE_REDIS", "CREDITS_TEST_REQUIRE_POSTGRES")
+        if any(os.environ.get(name) == "1" for name in required):
             pytest.fail(f"Redis is required but does not answer at {REDIS_URL}")
         pytest.skip(f"Redis not reachable at {REDIS_URL}")
     return client
