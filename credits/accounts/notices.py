@@ -1,6 +1,6 @@
 """Queue account emails (verification, reset, security notices) in the caller's transaction.
 
-Templates (rendered by credits.notify; context keys in brackets, every one also gets `name` and `at`):
+Templates (credits/notify/catalog.py; context keys in brackets, every one also gets `name` and `at`):
 verify_email [link, token, expires_at], email_change_confirm [link, token, expires_at, new_email],
 password_reset [link, token, expires_at], account_exists [link], new_sign_in [ip_prefix, user_agent, kind],
 password_changed [how], mfa_changed [change], email_changed [old_email, new_email, to_old_address].
@@ -38,15 +38,19 @@ def contact(db: DbSession, user_id: int) -> tuple[str, str]:
     return email, name
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
 def send(db: DbSession, user_id: int | None, template: str, to: str, name: str = "", **context: Any) -> int | None:
-    """Queue `template` to `to` with `context` (plus name and time) in the caller's transaction."""
-    body = {"name": name, "at": _iso(clock.now())}
-    body.update({k: _iso(v) if isinstance(v, datetime) else v for k, v in context.items()})
-    return enqueue(db, template=template, to=to, context=body, user_id=user_id)
+    """Queue `template` to `to` with `context` (plus name and time) in the caller's transaction.
+
+    Through credits.notify.notices.notify when the message is about a user: it checks the template and its
+    required keys against the catalog, and security notices get their "this wasn't me" link.
+    """
+    from credits.notify.notices import iso, notify
+
+    if user_id is not None:
+        return notify(db, user_id, template, to=to, **({"name": name} if name else {}), **context)
+    body = {"name": name, "at": iso(clock.now())}
+    body.update({k: iso(v) if isinstance(v, datetime) else v for k, v in context.items()})
+    return enqueue(db, template=template, to=to, context=body)
 
 
 def security_notice(db: DbSession, user_id: int, template: str, **context: Any) -> int | None:
