@@ -63,6 +63,9 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
     from credits.security import views as security_views
 
     app.register_blueprint(security_views.bp)
+    from credits.store.views import bp as store_pages
+
+    app.register_blueprint(store_pages)
     cli.register(app)
     # Feature job modules add their jobs to the table (credits.jobs.register) when imported.
     from credits.notify import jobs as _notify_jobs  # noqa: F401

@@ -58,7 +58,7 @@ def payment_page_policy(cfg: Config | None = None) -> str:
         "style-src 'self'",
         "font-src 'self'",
         "object-src 'none'",
-        "base-uri 'self'",
+        "base-uri 'none'",
         "form-action 'self'",
         "frame-ancestors 'none'",
     ]
