@@ -273,7 +273,7 @@ def record_outcome(session: Session, purchase: Row[Any], now: datetime, previous
     settings = session.execute(select(AR).where(AR.c.wallet_id == purchase.wallet_id)).first()
     if settings is None:
         return
-    display = money.format_display(purchase.amount, purchase.currency)
+    amount = {"amount": notices.human(purchase.amount, purchase.currency), "currency": purchase.currency}
     if purchase.status == "succeeded":
         session.execute(update(AR).where(AR.c.id == settings.id)
                         .values(consecutive_failures=0, next_attempt_at=None, updated_at=now))
@@ -290,19 +290,17 @@ def record_outcome(session: Session, purchase: Row[Any], now: datetime, previous
     values: dict[str, Any] = {"consecutive_failures": failures, "next_attempt_at": wait, "updated_at": now}
     reason = purchase.failure_code or "failed"
     if purchase.status == "requires_action":
-        link, token, expires = notices.pay_link(session, purchase.user_id, purchase.id)
+        link, _token, expires = notices.pay_link(session, purchase.user_id, purchase.id)
         notices.send(session, purchase.user_id, "auto_recharge_action_required",
-                     dedupe_key=f"auto-recharge:action:{purchase.id}", purchase_id=purchase.id,
-                     amount_display=display, link=link, token=token, expires_at=expires)
-    if failures >= cfg.auto_recharge_max_failures:
+                     dedupe_key=f"auto-recharge:action:{purchase.id}", purchase_id=purchase.id, link=link,
+                     expires_at=expires, **amount)
+    disabled = failures >= cfg.auto_recharge_max_failures
+    if disabled:
         values.update(enabled=False, disabled_reason="failures")
-        notices.send(session, purchase.user_id, "auto_recharge_disabled",
-                     dedupe_key=f"auto-recharge:disabled:{purchase.id}", amount_display=display,
-                     failures=failures, reason=reason)
-    elif purchase.status == "failed":
+    if disabled or purchase.status == "failed":
         notices.send(session, purchase.user_id, "auto_recharge_failed",
-                     dedupe_key=f"auto-recharge:failed:{purchase.id}", amount_display=display,
-                     failures=failures, next_attempt_at=wait, reason=reason)
+                     dedupe_key=f"auto-recharge:failed:{purchase.id}", reason=notices.reason_text(reason),
+                     disabled=disabled, failures=failures, next_attempt_at=None if disabled else wait, **amount)
     session.execute(update(AR).where(AR.c.id == settings.id).values(**values))
 
 

@@ -1,13 +1,11 @@
 """Queue payment emails in the caller's transaction (delivered later by the outbox job).
 
-Templates (templates/email/<name>.txt/.html; every context also has `name` and `at`):
-- purchase_receipt [purchase_id, kind, amount, currency, amount_display, card_brand, card_last4, lot_id,
-  expires_at, account_number]
-- auto_recharge_action_required [purchase_id, amount_display, link, token, expires_at]: the bank wants the
-  customer to confirm an auto-recharge on-session (pay link, EmailToken purpose pay_link)
-- auto_recharge_failed [amount_display, failures, next_attempt_at, reason]
-- auto_recharge_disabled [amount_display, failures, reason]
-- refund_issued [refund_id, purchase_id, amount_display]
+Templates (credits/notify/catalog.py; every context also has `name` and `at`; amounts in the currency's own
+precision, "10.00"):
+- purchase_receipt [purchase_id, amount, currency, card_brand, card_last4, expires_at, balance, kind]
+- auto_recharge_action_required [amount, currency, link, expires_at, purchase_id]: the bank wants the customer
+  to confirm an auto-recharge on-session (single-use pay link, EmailToken purpose pay_link)
+- auto_recharge_failed [amount, currency, reason (a phrase), disabled, failures, next_attempt_at]
 """
 
 from __future__ import annotations
@@ -20,13 +18,32 @@ from typing import Any
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
-from credits import clock, config, crypto
+from credits import clock, config, crypto, money
 from credits.accounts.models import EmailToken, User
 from credits.notify.outbox import enqueue
 
 U: Table = User.__table__  # type: ignore[assignment]
 T: Table = EmailToken.__table__  # type: ignore[assignment]
 PAY_LINK_PATH = "/pay"
+
+
+REASONS = {
+    "card_declined": "your card was declined",
+    "authentication_required": "your bank asked you to confirm the payment",
+    "authentication_abandoned": "the payment was not confirmed with your bank in time",
+    "payment_intent_authentication_failure": "the confirmation with your bank failed",
+    "no_intent": "the payment service did not take the payment",
+}
+
+
+def reason_text(code: str | None) -> str:
+    """A failure code as a phrase for the customer (never the bank's decline code)."""
+    return REASONS.get(code or "", "the payment did not go through")
+
+
+def human(amount: int, currency: str) -> str:
+    """Micro-units in the currency's own precision, without the code: 10_000_000 USD -> "10.00"."""
+    return money.format_display(amount, currency).rsplit(" ", 1)[0]
 
 
 def _iso(value: datetime) -> str:

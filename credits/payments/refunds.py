@@ -28,7 +28,7 @@ from credits.ledger.models import Lot
 from credits.ledger.operator import grant_by_operator
 from credits.ledger.refunds import _restore_refund_debit
 from credits.ledger.service import LotView, _debit_lot
-from credits.payments import notices, provider
+from credits.payments import provider
 from credits.payments.errors import GatewayError, GatewayTimeout
 from credits.payments.models import Dispute, Purchase, Refund
 
@@ -257,10 +257,6 @@ def execute(refund_id: int) -> RefundView:
         if current.status == "processing":
             audit.record(s, "gateway", "refund.succeeded", f"purchase:{current.purchase_id}", refund=refund_id,
                          gateway_refund=result.id)
-            purchase_user: int = s.execute(select(PU.c.user_id).where(PU.c.id == current.purchase_id)).scalar_one()
-            notices.send(s, purchase_user, "refund_issued", dedupe_key=f"refund:{refund_id}", refund_id=refund_id,
-                         purchase_id=current.purchase_id,
-                         amount_display=money.format_display(current.amount, current.currency))
         uow.commit()
     return get_refund(refund_id)
 

@@ -203,12 +203,12 @@ def _grant_credit(session: Session, purchase: Row[Any], intent_id: str, now: dat
     card = None
     if purchase.payment_method_id is not None:
         card = session.execute(select(PM.c.brand, PM.c.last4).where(PM.c.id == purchase.payment_method_id)).first()
-    number = session.execute(select(W.c.account_number).where(W.c.id == purchase.wallet_id)).scalar()
+    balance: int = session.execute(select(W.c.balance).where(W.c.id == purchase.wallet_id)).scalar_one()
     notices.send(session, purchase.user_id, "purchase_receipt", dedupe_key=f"receipt:purchase:{purchase.id}",
-                 purchase_id=purchase.id, kind=purchase.kind, amount=money.format_micro(purchase.amount),
-                 currency=purchase.currency, amount_display=money.format_display(purchase.amount, purchase.currency),
-                 card_brand=card.brand if card else None, card_last4=card.last4 if card else None, lot_id=lot.id,
-                 expires_at=lot.expires_at, account_number=number)
+                 purchase_id=purchase.id, kind=purchase.kind, amount=notices.human(purchase.amount, purchase.currency),
+                 currency=purchase.currency, card_brand=card.brand if card else None,
+                 card_last4=card.last4 if card else None, expires_at=lot.expires_at,
+                 balance=notices.human(balance, purchase.currency))
     return lot.id
 
 

@@ -11,8 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from credits import jobs
+from credits.db import unit_of_work
 from credits.errors import AccountNotActive, ValidationError
 from credits.ledger import service as ledger
+from credits.notify import outbox
 from credits.payments import auto_recharge, cards, service
 from credits.payments.fake_gateway import FakeGateway
 from tests.integration.payments_fixtures import *  # noqa: F403
@@ -113,8 +115,14 @@ def test_declines_back_off_then_switch_it_off_with_an_email(fake: FakeGateway, b
     intents = _intents(fake)
     assert jobs.run_once("auto-recharge") == {}
     assert _intents(fake) == intents
-    templates = outbox_templates(database)
-    assert templates.count("auto_recharge_failed") == 2 and templates.count("auto_recharge_disabled") == 1
+    assert outbox_templates(database).count("auto_recharge_failed") == 3
+    with unit_of_work() as uow:
+        ids = uow.session.execute(sa.text("SELECT id FROM outbox WHERE template = 'auto_recharge_failed' "
+                                          "ORDER BY id")).scalars().all()
+        contexts = [outbox.read(uow.session, i)[2] for i in ids]
+    assert [c["disabled"] for c in contexts] == [False, False, True]
+    assert contexts[0]["amount"] == "20.00" and contexts[0]["reason"] == "your card was declined"
+    assert "insufficient" not in repr(contexts)  # the decline code is for staff, not the customer
     assert ledger.get_wallet(buyer.wallet_id).balance == 4_000_000
     audit_clean()
 

@@ -9,8 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 from credits import jobs
+from credits.db import unit_of_work
 from credits.errors import AccountNotActive, IdempotencyConflict, NotFound, ValidationError
 from credits.ledger import service as ledger
+from credits.notify import outbox
 from credits.payments import cards, reconcile, service
 from credits.payments.errors import CardDeclined, GatewayUnavailable
 from credits.payments.fake_gateway import FakeGateway
@@ -55,6 +57,12 @@ def test_purchase_succeeds_grants_the_credit_once_with_a_receipt(fake: FakeGatew
     assert dict(intent.metadata) == {"purchase_id": str(view.id), "wallet_id": str(buyer.wallet_id),
                                      "user_id": str(buyer.user_id), "kind": "purchase"}
     assert outbox_templates(database) == ["purchase_receipt"]
+    with unit_of_work() as uow:
+        template, to, context = outbox.read(uow.session, 1)
+    assert (template, to) == ("purchase_receipt", buyer.email)
+    assert {k: context[k] for k in ("amount", "currency", "purchase_id", "card_last4", "balance")} == {
+        "amount": "10.00", "currency": "USD", "purchase_id": view.id, "card_last4": "4242", "balance": "10.00"}
+    assert context["at"] and context["expires_at"]
     # Not remembered: detached at the gateway, forgotten here; settling again grants nothing more.
     assert fake.list_payment_methods(intent.customer) == []
     assert cards.list_cards(buyer.user_id) == []
