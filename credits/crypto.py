@@ -196,11 +196,11 @@ def rotate(batch: int = 500, on_progress: Callable[[RotationProgress], None] | N
                 if not rows:
                     break
                 for row_id, value in rows:
-                    fresh = encrypt(decrypt(value, col.table, col.column, row_id), col.table, col.column, row_id)
+                    fresh = encrypt(decrypt(str(value), col.table, col.column, row_id), col.table, col.column, row_id)
                     uow.session.execute(text(
                         f"UPDATE {col.table} SET {col.column} = :v WHERE {col.pk} = :id"  # noqa: S608
                     ), {"v": fresh, "id": row_id})
-                remaining = uow.session.execute(text(
+                remaining: int = uow.session.execute(text(
                     f"SELECT count(*) FROM {col.table} WHERE {col.column} IS NOT NULL "  # noqa: S608
                     f"AND {col.column} NOT LIKE :marker ESCAPE '\\'"
                 ), {"marker": marker}).scalar_one()
@@ -248,8 +248,8 @@ def check(batch: int = 1000) -> Census:
                 break
             for row_id, value in rows:
                 try:
-                    decrypt(value, col.table, col.column, row_id)
-                    key_id = key_id_of(value)
+                    decrypt(str(value), col.table, col.column, row_id)
+                    key_id = key_id_of(str(value))
                     by_key[key_id] = by_key.get(key_id, 0) + 1
                 except (DecryptionError, ValueError):
                     failures.append(f"{col.table}.{col.column}.{row_id}")

@@ -700,6 +700,20 @@ def _transfer_limits() -> tuple[int, int, int]:
     return (money.parse(cfg.transfer_min), money.parse(cfg.transfer_max), money.parse(cfg.transfer_daily_limit))
 
 
+def _check_transfer_parties(session: Session, sender_id: int, recipient_id: int) -> None:
+    """Raise AccountNotActive unless both accounts are active, MoneyFrozen when the sender's money is frozen."""
+    users = {row.id: row for row in session.execute(
+        select(User.id, User.status, User.money_frozen_at).where(User.id.in_([sender_id, recipient_id]))
+    ).all()}
+    sender, recipient = users.get(sender_id), users.get(recipient_id)
+    if sender is None or sender.status != "active":
+        raise AccountNotActive("your account may not transfer credit right now")
+    if sender.money_frozen_at is not None:
+        raise MoneyFrozen("money movement on your account is frozen after a security report; contact support")
+    if recipient is None or recipient.status != "active":
+        raise AccountNotActive("the recipient's account cannot receive credit")
+
+
 def _transfer(session: Session, from_wallet_id: int, to: str | int, amount: int, now: datetime, *,
               key: str | None = None, actor: str | None = None) -> TransferView:
     money.check_amount(amount)
@@ -723,16 +737,7 @@ def _transfer(session: Session, from_wallet_id: int, to: str | int, amount: int,
     if amount > maximum:
         raise LimitExceeded(f"the largest transfer is {money.format_micro(maximum)}")
     source, target = wallets[from_wallet_id], wallets[recipient.id]
-    users = {row.id: row for row in session.execute(
-        select(User.id, User.status, User.money_frozen_at).where(User.id.in_([source.user_id, target.user_id]))
-    ).all()}
-    statuses = {user_id: row.status for user_id, row in users.items()}
-    if statuses.get(source.user_id) != "active":
-        raise AccountNotActive("your account may not transfer credit right now")
-    if users[source.user_id].money_frozen_at is not None:
-        raise MoneyFrozen("money movement on your account is frozen after a security report; contact support")
-    if statuses.get(target.user_id) != "active":
-        raise AccountNotActive("the recipient's account cannot receive credit")
+    _check_transfer_parties(session, source.user_id, target.user_id)
     if source.currency != target.currency:
         raise ValidationError("the recipient's wallet holds another currency", field="to")
     sent_today: int = session.execute(

@@ -12,7 +12,7 @@ from credits import clock, crypto
 from credits.notify.catalog import SECURITY_NOTICES
 from credits.notify.models import OutboxMessage
 
-O: Table = OutboxMessage.__table__  # type: ignore[assignment]
+OB: Table = OutboxMessage.__table__  # type: ignore[assignment]
 
 
 def enqueue(session: Session, *, template: str, to: str, context: dict[str, Any], user_id: int | None = None,
@@ -27,7 +27,7 @@ def enqueue(session: Session, *, template: str, to: str, context: dict[str, Any]
     here (`wasnt_me_url`, a fresh single-use token), so that no caller can forget it.
     """
     if dedupe_key is not None:
-        seen = session.execute(select(O.c.id).where(O.c.dedupe_key == dedupe_key)).scalar()
+        seen = session.execute(select(OB.c.id).where(OB.c.dedupe_key == dedupe_key)).scalar()
         if seen is not None:
             return None
     if template in SECURITY_NOTICES and user_id is not None and "wasnt_me_url" not in context:
@@ -36,10 +36,10 @@ def enqueue(session: Session, *, template: str, to: str, context: dict[str, Any]
         context = {**context, "wasnt_me_url": links.url(links.issue(session, user_id))}
     now = clock.now()
     message_id: int = session.execute(
-        insert(O).values(user_id=user_id, template=template, recipient_enc="", context_enc="", status="pending",
-                         attempts=0, next_attempt_at=now, created_at=now, dedupe_key=dedupe_key).returning(O.c.id)
+        insert(OB).values(user_id=user_id, template=template, recipient_enc="", context_enc="", status="pending",
+                         attempts=0, next_attempt_at=now, created_at=now, dedupe_key=dedupe_key).returning(OB.c.id)
     ).scalar_one()
-    session.execute(update(O).where(O.c.id == message_id).values(
+    session.execute(update(OB).where(OB.c.id == message_id).values(
         recipient_enc=crypto.encrypt(to, "outbox", "recipient_enc", message_id),
         context_enc=crypto.encrypt(json.dumps(context, default=str), "outbox", "context_enc", message_id),
     ))
@@ -48,7 +48,7 @@ def enqueue(session: Session, *, template: str, to: str, context: dict[str, Any]
 
 def read(session: Session, message_id: int) -> tuple[str, str, dict[str, Any]]:
     """(template, recipient, context) of a queued message, decrypted."""
-    row = session.execute(select(O).where(O.c.id == message_id)).one()
+    row = session.execute(select(OB).where(OB.c.id == message_id)).one()
     to = crypto.decrypt(row.recipient_enc, "outbox", "recipient_enc", row.id) or ""
     context = json.loads(crypto.decrypt(row.context_enc, "outbox", "context_enc", row.id) or "{}")
     return row.template, to, context

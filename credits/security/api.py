@@ -21,7 +21,7 @@ public_security_blp = Blueprint("security_link", __name__, url_prefix="/api/v1/s
                                 description="Signed out: the \"this wasn't me\" link of security emails")
 staff_security_blp = Blueprint("staff_security", __name__, url_prefix="/api/v1/staff",
                                description="Staff: security reports and money freezes")
-SECURITY = [{"sessionCookie": []}, {"personalToken": []}]
+SECURITY: list[dict[str, list[str]]] = [{"sessionCookie": []}, {"personalToken": []}]
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -8,6 +8,7 @@ from sqlalchemy import Table, insert
 from sqlalchemy.orm import Session
 
 from credits import clock
+from credits.logging import current_request_id
 from credits.security.models import SecurityEvent
 
 E: Table = SecurityEvent.__table__  # type: ignore[assignment]
@@ -27,6 +28,14 @@ def ip_prefix(address: str | None) -> str | None:
 
 def record(session: Session, kind: str, *, user_id: int | None = None, ip: str | None = None,
            detail: str = "") -> None:
-    """Append a security event in the caller's transaction. `detail` must hold no secrets or personal data."""
+    """Append a security event in the caller's transaction. `detail` must hold no secrets or personal data.
+
+    The id of the request being served (credits.logging) is added to `detail` as `request=<id>`, so that an
+    event can be matched with the log lines and the answer the client got (CHECKLIST O101).
+    """
+    request_id = current_request_id()
+    if request_id and "request=" not in detail:
+        suffix = f"request={request_id}"
+        detail = f"{detail[:500 - len(suffix) - 1]} {suffix}" if detail else suffix
     session.execute(insert(E).values(user_id=user_id, kind=kind[:48], at=clock.now(), ip_prefix=ip_prefix(ip),
                                      detail=detail[:500]))

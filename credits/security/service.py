@@ -135,7 +135,7 @@ def _wallet_of(session: Session, user_id: int) -> int | None:
 def _tx_since(session: Session, wallet_id: int | None, since: datetime) -> list[int]:
     if wallet_id is None:
         return []
-    rows = session.execute(
+    rows: Sequence[Any] = session.execute(
         select(P.c.tx_id).join(J, J.c.id == P.c.tx_id)
         .where(P.c.wallet_id == wallet_id, J.c.created_at >= since)
         .group_by(P.c.tx_id).order_by(P.c.tx_id.desc()).limit(MAX_ENTRIES)
@@ -149,14 +149,15 @@ def _check_tx_ids(session: Session, wallet_id: int | None, tx_ids: object) -> li
     if (not isinstance(tx_ids, (list, tuple)) or len(tx_ids) > MAX_TX_IDS
             or not all(isinstance(t, int) and not isinstance(t, bool) and 0 < t < 2**63 for t in tx_ids)):
         raise ValidationError(f"tx_ids is a list of at most {MAX_TX_IDS} transaction ids", field="tx_ids")
-    wanted = sorted(set(tx_ids))
+    wanted: list[int] = sorted({int(t) for t in tx_ids})
     if not wanted:
         return []
     mine: set[int] = set()
     if wallet_id is not None:
-        mine = {int(t) for t in session.execute(
+        found: Sequence[Any] = session.execute(
             select(P.c.tx_id).where(P.c.wallet_id == wallet_id, P.c.tx_id.in_(wanted)).distinct()
-        ).scalars()}
+        ).scalars().all()
+        mine = {int(t) for t in found}
     foreign = [t for t in wanted if t not in mine]
     if foreign:
         # The same answer for "no such transaction" and "someone else's": ids of others are not confirmed.
@@ -321,9 +322,10 @@ def _views(session: Session, rows: Sequence[Any], *, with_description: bool) -> 
     ids = [int(r.id) for r in rows]
     entries: dict[int, list[int]] = {i: [] for i in ids}
     if ids:
-        for report_id, tx_id in session.execute(
+        pairs: Sequence[Any] = session.execute(
             select(RE.c.report_id, RE.c.tx_id).where(RE.c.report_id.in_(ids)).order_by(RE.c.tx_id)
-        ).all():
+        ).all()
+        for report_id, tx_id in pairs:
             entries[int(report_id)].append(int(tx_id))
     out = []
     for r in rows:

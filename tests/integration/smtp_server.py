@@ -6,6 +6,7 @@ The messages that arrive are kept as parsed `email.message.EmailMessage` objects
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import ssl
 import threading
@@ -18,6 +19,9 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+# The test server's own chatter (it logs every line of DATA at DEBUG) is not the application's log.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 
 def free_port() -> int:

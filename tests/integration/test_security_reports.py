@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from credits import audit
-from credits.accounts import sessions
 from credits.accounts import service as accounts
+from credits.accounts import sessions
 from credits.db import unit_of_work
 from credits.errors import MoneyFrozen
 from credits.ledger import service as ledger
