@@ -308,3 +308,41 @@ def stop_for_wallet(session: Session, wallet_id: int, reason: str, now: datetime
     """Switch auto-recharge off for a wallet (a dispute was opened on one of its payments)."""
     session.execute(update(AR).where(AR.c.wallet_id == wallet_id, AR.c.enabled.is_(True))
                     .values(enabled=False, disabled_reason=reason[:32], updated_at=now))
+
+
+def pay_link_purchase(token: str) -> service.PurchaseView:
+    """The auto-recharge an emailed pay link is for, settled with the gateway first (the pay page's use case).
+
+    While it waits for 3-D Secure the view carries the `client_secret` the page passes to
+    `stripe.confirmCardPayment`; the page then calls this again (or GET /api/v1/me/purchases/{id}). The link
+    is single-use: once the purchase is final it is spent. Raises NotFound for an unknown, expired or spent
+    link (never saying which).
+    """
+    import hashlib
+
+    from credits import crypto
+    from credits.accounts.models import EmailToken
+
+    t: Table = EmailToken.__table__  # type: ignore[assignment]
+    gone = NotFound("this link has expired or was already used")
+    if not isinstance(token, str) or not 16 <= len(token) <= 200:
+        raise gone
+    now = clock.now()
+    with unit_of_work() as uow:
+        row = uow.session.execute(select(t).where(t.c.token_hash == hashlib.sha256(token.encode()).hexdigest(),
+                                                  t.c.purpose == "pay_link")).first()
+        if row is None or row.used_at is not None or row.expires_at <= now:
+            raise gone
+        data = crypto.decrypt(row.data_enc, "email_tokens", "data_enc", row.id) or ""
+        kind, _, raw_id = data.partition(":")
+        if kind != "purchase" or not raw_id.isdigit():
+            raise gone
+        owner = uow.session.execute(select(PU.c.user_id).where(PU.c.id == int(raw_id))).scalar()
+        if owner != row.user_id:
+            raise gone
+    view = service.settle(int(raw_id))
+    if view.status in service.FINAL:
+        with unit_of_work() as uow:
+            uow.session.execute(update(t).where(t.c.id == row.id, t.c.used_at.is_(None)).values(used_at=now))
+            uow.commit()
+    return view

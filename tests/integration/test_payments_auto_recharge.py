@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from credits import jobs
 from credits.db import unit_of_work
-from credits.errors import AccountNotActive, ValidationError
+from credits.errors import AccountNotActive, NotFound, ValidationError
 from credits.ledger import service as ledger
 from credits.notify import outbox
 from credits.payments import auto_recharge, cards, service
@@ -155,7 +155,19 @@ def test_authentication_required_emails_a_pay_link_and_paying_it_grants(fake: Fa
     with database.engine.connect() as conn:
         purchase_id, intent_id = conn.execute(sa.text(
             "SELECT id, payment_intent_id FROM purchases WHERE kind = 'auto_recharge'")).one()
-    fake.authenticate_payment_intent(intent_id)
+    with unit_of_work() as uow:
+        _template, _to, context = outbox.read(uow.session, max(uow.session.execute(sa.text(
+            "SELECT id FROM outbox WHERE template = 'auto_recharge_action_required'")).scalars()))
+    token = context["link"].split("token=", 1)[1]
+    assert (context["amount"], context["currency"]) == ("20.00", "USD")
+    on_page = auto_recharge.pay_link_purchase(token)  # the pay page opens
+    assert (on_page.id, on_page.status) == (purchase_id, "requires_action") and on_page.client_secret
+    fake.authenticate_payment_intent(intent_id)  # stripe.confirmCardPayment(client_secret) on that page
+    assert auto_recharge.pay_link_purchase(token).status == "succeeded"
+    with pytest.raises(NotFound):
+        auto_recharge.pay_link_purchase(token)  # spent
+    with pytest.raises(NotFound):
+        auto_recharge.pay_link_purchase("x" * 43)
     assert service.get_purchase(buyer.user_id, purchase_id).status == "succeeded"
     assert ledger.get_wallet(buyer.wallet_id).balance == 24_000_000
     assert auto_recharge.get_settings(buyer.user_id).consecutive_failures == 0

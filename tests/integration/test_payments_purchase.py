@@ -284,3 +284,20 @@ def run_audit_ok_about_grants() -> list[str]:
 
     with unit_of_work() as uow:
         return reconcile.check_grants(uow.session)
+
+
+def test_ledger_audit_checks_every_succeeded_payment_is_granted_exactly_once(fake: FakeGateway, buyer: Buyer,
+                                                                            database: Any):
+    from credits.ledger.audit import run_audit
+
+    view = service.purchase(buyer.user_id, "10.00", fake_card(fake, buyer.user_id))
+    audit_clean()
+    # A second grant for the same purchase under another key (what the intent-keyed grant prevents).
+    ledger.grant(buyer.wallet_id, TEN, "purchase", key="a-bug", reference=f"purchase:{view.id}")
+    report = run_audit()
+    assert not report.ok
+    assert f"purchase:{view.id} was granted 2 lots" in report.text()
+    assert "claims purchase:" in report.text()
+    with database.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE purchases SET amount = amount + 1 WHERE id = :id"), {"id": view.id})
+    assert f"purchase {view.id} (succeeded) and its grant disagree" in run_audit().text()
