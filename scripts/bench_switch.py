@@ -1,0 +1,641 @@
+"""Benchmark the switch API under gunicorn on PostgreSQL (a benchmark, not a test: it prints, it asserts nothing).
+
+What it does, all on 127.0.0.1:
+  1. a fresh database credits_bench_switch_<pid> (dropped at the end), migrated with `flask db upgrade`;
+     a 50,000-prefix rate plan (generated CSV, `flask rates import`); 10,000 wallets, each with a caller
+     number and credit (one made by the account and ledger services, the others set-based copies of its
+     rows, so `ledger audit` holds); a switch API key (`flask apikey create`);
+  2. the app under gunicorn (gthread, --workers x --threads, started with -p pidfile, stopped by that pid);
+     a SEPARATE load process (http.client keep-alive connections, one per thread) drives authorize->complete
+     pairs at fixed concurrency for --seconds, after a warm-up; prints calls/s and p50/p99 per endpoint;
+  3. POST /api/v1/cdrs end to end, batches of 1000;
+  4. the same gunicorn command line serving scripts/bench_baseline_app.py (one durable UPDATE per request),
+     driven the same way; prints its requests/s and the ratio;
+  5. in-process rating (longest-prefix lookup + cost) against the same 50,000-prefix plan.
+
+    .venv/bin/python scripts/bench_switch.py [--seconds 20] [--concurrency 32] [--workers 2 --threads 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing as mp
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import sqlalchemy as sa  # noqa: E402
+from bench_rating import build_plan  # noqa: E402
+
+from credits.rating.engine import PrefixTable, Rate, cost  # noqa: E402
+
+TARGETS = {"calls_s": 400, "p99_ms": 50, "ratio": 0.6, "rating_cdrs_s": 200_000, "cdrs_s": 3_000}
+PASSWORD = "bench-password-0123"  # noqa: S105 - throwaway accounts in a throwaway database
+CREDIT = "100.00"
+CALLER_BASE = 6580000000  # +65 8xxx xxxx: caller numbers of the bench wallets
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flask_cli(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise SystemExit(f"flask {' '.join(args[:2])} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def mark(ok: bool) -> str:
+    return "ok" if ok else "BELOW TARGET"
+
+
+# ---------------------------------------------------------------- database
+
+
+def admin_engine(admin_url: str) -> sa.Engine:
+    url = admin_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return sa.create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+def create_database(admin_url: str, name: str) -> str:
+    engine = admin_engine(admin_url)
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    engine = admin_engine(admin_url)
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def durability(url: str) -> str:
+    engine = admin_engine(url)
+    with engine.connect() as conn:
+        values = {name: conn.execute(sa.text(f"SHOW {name}")).scalar() for name in ("fsync", "synchronous_commit")}
+    engine.dispose()
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+# ---------------------------------------------------------------- setup
+
+
+CLONED_TABLES = ("users", "wallets", "caller_numbers", "journal_transactions", "lots", "postings")
+
+
+def make_wallets(env: dict[str, str], count: int) -> None:
+    """Create `count` wallets, each with a caller number and CREDIT, consistent with the ledger.
+
+    The first one is made by the services (accounts.create_account with a phone number, ledger.grant); the
+    others are set-based copies of its rows (user, wallet, caller number, grant transaction, lot, postings)
+    with fresh ids, emails, blind indexes, account numbers and caller numbers: what the services would
+    write, without 20 round trips per wallet.
+    """
+    os.environ.update(env)
+    from credits import config, create_app, crypto, money
+    from credits.accounts import service as accounts
+    from credits.ledger import service as ledger
+
+    create_app(config.Config.from_env())
+    account = accounts.create_account("bench0@example.com", PASSWORD, phone=f"+{CALLER_BASE}")
+    ledger.grant(account.wallet.id, money.parse_amount(CREDIT, "USD"), "credit_note", memo="bench")
+    engine = admin_engine(env["CREDITS_DATABASE_URL"]).execution_options(isolation_level="READ COMMITTED")
+    meta = sa.MetaData()
+    meta.reflect(engine, only=CLONED_TABLES)
+    users, wallets, numbers, journal, lots, postings = (meta.tables[name] for name in CLONED_TABLES)
+    n = count - 1
+    with engine.begin() as conn:
+        def one(table: sa.Table, where: Any) -> dict[str, Any]:
+            return dict(conn.execute(sa.select(table).where(where)).mappings().one())
+
+        def new_ids(table: sa.Table, k: int) -> list[int]:
+            return list(conn.execute(sa.text("SELECT nextval(pg_get_serial_sequence(:t, 'id')) "
+                                             "FROM generate_series(1, :n)"), {"t": table.name, "n": k}).scalars())
+
+        wallet = one(wallets, wallets.c.id == account.wallet.id)
+        user = one(users, users.c.id == wallet["user_id"])
+        number = one(numbers, numbers.c.wallet_id == wallet["id"])
+        lot = one(lots, lots.c.wallet_id == wallet["id"])
+        tx = one(journal, journal.c.id == lot["grant_tx_id"])
+        legs = [dict(r) for r in conn.execute(sa.select(postings).where(postings.c.tx_id == tx["id"])).mappings()]
+        user_ids, wallet_ids, number_ids = new_ids(users, n), new_ids(wallets, n), new_ids(numbers, n)
+        tx_ids, lot_ids, leg_ids = new_ids(journal, n), new_ids(lots, n), new_ids(postings, n * len(legs))
+        taken = {wallet["account_number"]}
+        account_numbers = []
+        while len(account_numbers) < n:
+            candidate = ledger._new_account_number()
+            if candidate not in taken:
+                taken.add(candidate)
+                account_numbers.append(candidate)
+        # Other encrypted columns are bound to the template's row id: leave them empty in the copies.
+        blank = {c.name: None for c in users.columns if c.name.endswith("_enc") and c.name != "email_enc"
+                 and user[c.name] is not None and c.nullable}
+        user_rows, wallet_rows, number_rows, tx_rows, lot_rows, leg_rows = [], [], [], [], [], []
+        for i in range(n):
+            email = f"bench{i + 1}@example.com"
+            uid, wid, lid, tid = user_ids[i], wallet_ids[i], lot_ids[i], tx_ids[i]
+            user_rows.append({**user, **blank, "id": uid, "email_bidx": accounts.email_index(email),
+                              "email_enc": crypto.encrypt(email, "users", "email_enc", uid)})
+            wallet_rows.append({**wallet, "id": wid, "user_id": uid, "account_number": account_numbers[i]})
+            phone, nid = f"+{CALLER_BASE + i + 1}", number_ids[i]
+            number_row = {**number, "id": nid, "wallet_id": wid}
+            # Stored in clear (number) or encrypted with a blind index (number_enc, number_bidx).
+            if "number" in number_row:
+                number_row["number"] = phone
+            if "number_bidx" in number_row:
+                number_row["number_bidx"] = crypto.blind_index("phone", phone)
+            if "number_enc" in number_row:
+                number_row["number_enc"] = crypto.encrypt(phone, "caller_numbers", "number_enc", nid)
+            number_rows.append(number_row)
+            tx_rows.append({**tx, "id": tid})
+            lot_rows.append({**lot, "id": lid, "wallet_id": wid, "grant_tx_id": tid})
+            for j, leg in enumerate(legs):
+                leg_rows.append({**leg, "id": leg_ids[i * len(legs) + j], "tx_id": tid,
+                                 "wallet_id": wid if leg["wallet_id"] is not None else None,
+                                 "lot_id": lid if leg["lot_id"] is not None else None})
+        for table, rows in ((users, user_rows), (wallets, wallet_rows), (numbers, number_rows), (journal, tx_rows),
+                            (lots, lot_rows), (postings, leg_rows)):
+            for k in range(0, len(rows), 2000):
+                conn.execute(sa.insert(table), rows[k:k + 2000])
+        conn.execute(sa.text("ANALYZE"))
+    engine.dispose()
+
+
+def set_database_option(url: str, name: str, setting: str) -> None:
+    engine = admin_engine(url)
+    with engine.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" {setting}'))
+    engine.dispose()
+
+
+def setup(env: dict[str, str], args: argparse.Namespace, workdir: Path, rates: list[Rate]) -> str:
+    """Migrate, import the plan, create the wallets and the key. The setup's own commits skip the WAL flush
+    (synchronous_commit off for this database while it runs; reset before any measurement)."""
+    from credits.rating import csv_io
+
+    name = env["CREDITS_DATABASE_URL"].rsplit("/", 1)[1]
+    set_database_option(env["CREDITS_DATABASE_URL"], name, "SET synchronous_commit = off")
+    t0 = time.perf_counter()
+    flask_cli(env, "db", "upgrade")
+    log(f"migrated in {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    csv_path = workdir / "bench_rates.csv"
+    csv_path.write_text(csv_io.export_rates(rates, "USD"))
+    log(flask_cli(env, "rates", "import", str(csv_path), "--plan", "default").strip().splitlines()[-1]
+        + f" in {time.perf_counter() - t0:.1f} s")
+
+    t0 = time.perf_counter()
+    make_wallets(env, args.wallets)
+    log(f"{args.wallets} wallets with caller numbers and {CREDIT} credit in {time.perf_counter() - t0:.1f} s "
+        "(one through the services, the rest copied set-based)")
+    key = flask_cli(env, "apikey", "create", "--name", "bench", "--scope", "switch").strip().splitlines()[-1]
+    set_database_option(env["CREDITS_DATABASE_URL"], name, "RESET synchronous_commit")
+    return key
+
+
+def baseline_table(url: str, rows: int) -> None:
+    engine = admin_engine(url)
+    with engine.connect() as conn:
+        conn.execute(sa.text("CREATE TABLE bench_baseline (id integer PRIMARY KEY, balance bigint NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO bench_baseline SELECT g, 1000000000 FROM generate_series(1, :n) g"),
+                     {"n": rows})
+        conn.execute(sa.text("VACUUM ANALYZE bench_baseline"))
+    engine.dispose()
+
+
+# ---------------------------------------------------------------- server-side cost per request
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return kids
+
+
+class CostMeter:
+    """CPU seconds of the gunicorn workers and of this database's PostgreSQL backends, and its transactions:
+    what a request costs on the server, whatever else the machine is doing."""
+
+    def __init__(self, url: str, master_pid: int) -> None:
+        self.engine = admin_engine(url)
+        self.db = url.rsplit("/", 1)[1]
+        self.master = master_pid
+
+    def snapshot(self) -> dict[str, Any]:
+        time.sleep(1.2)  # PostgreSQL publishes its statistics about once a second
+        with self.engine.connect() as conn:
+            backends = list(conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d "
+                                                 "AND pid <> pg_backend_pid()"), {"d": self.db}).scalars())
+            xacts = conn.execute(sa.text("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                                         "WHERE datname = :d"), {"d": self.db}).scalar_one()
+        return {"app": {p: _cpu_seconds(p) for p in [self.master, *_children(self.master)]},
+                "db": {p: _cpu_seconds(p) for p in backends}, "xacts": int(xacts)}
+
+    @staticmethod
+    def per_request(before: dict[str, Any], after: dict[str, Any], requests: int) -> str:
+        def spent(kind: str) -> float:
+            return sum(v - before[kind].get(p, 0.0) for p, v in after[kind].items())
+
+        n = max(requests, 1)
+        xacts = (after["xacts"] - before["xacts"]) / n
+        return (f"server cost per request: app {spent('app') * 1000 / n:.2f} ms CPU, PostgreSQL "
+                f"{spent('db') * 1000 / n:.2f} ms CPU, {xacts:.1f} transactions (pool pings count)")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+# ---------------------------------------------------------------- gunicorn
+
+
+class Gunicorn:
+    """One gunicorn master started with -p pidfile and stopped by that pid (and only that one)."""
+
+    def __init__(self, app: str, env: dict[str, str], args: argparse.Namespace, workdir: Path, name: str) -> None:
+        self.port = free_port()
+        self.pidfile = workdir / f"{name}.pid"
+        self.logfile = (workdir / f"{name}.log").open("wb")
+        argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", str(args.workers), "--threads",
+                str(args.threads), "-b", f"127.0.0.1:{self.port}", "-p", str(self.pidfile), "--chdir", str(ROOT),
+                "--pythonpath", str(ROOT / "scripts"), "--backlog", "2048", app]
+        self.command = " ".join(argv[1:]).replace(str(ROOT), ".")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.logfile,
+                                     stderr=subprocess.STDOUT)
+
+    def wait_ready(self, path: str, method: str = "GET") -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"gunicorn exited ({self.proc.returncode}); see {self.logfile.name}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request(method, path)
+                conn.getresponse().read()
+                conn.close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise SystemExit("gunicorn did not answer within 60 s")
+
+    def stop(self) -> None:
+        pid = int(self.pidfile.read_text()) if self.pidfile.exists() else self.proc.pid
+        if self.proc.poll() is None and pid == self.proc.pid:
+            os.kill(pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.logfile.close()
+
+
+# ---------------------------------------------------------------- load (runs in its own process)
+
+
+def _post(conn: http.client.HTTPConnection, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+    conn.request("POST", path, json.dumps(body) if body is not None else None, headers)
+    response = conn.getresponse()
+    data = response.read()
+    return response.status, (json.loads(data) if data[:1] in (b"{", b"[") else None)
+
+
+def _switch_thread(port: int, key: str, until: float, callers: list[int], callees: list[str], tag: str,
+                   out: dict[str, Any]) -> None:
+    """authorize -> complete pairs on one keep-alive connection, over this thread's own wallets."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    rng = random.Random(tag)
+    auth_ms: list[float] = []
+    done_ms: list[float] = []
+    pairs = refused = errors = 0
+    n = 0
+    while time.monotonic() < until:
+        n += 1
+        call_id = f"{tag}-{n}"
+        caller = f"+{callers[n % len(callers)]}"
+        t0 = time.perf_counter()
+        status, body = _post(conn, "/api/v1/calls/authorize",
+                             {"call_id": call_id, "caller": caller, "callee": rng.choice(callees)}, headers)
+        t1 = time.perf_counter()
+        auth_ms.append((t1 - t0) * 1000)
+        if status != 200:
+            errors += 1
+            continue
+        if not body["authorized"]:
+            refused += 1
+            continue
+        duration = rng.randint(0, min(300, body["max_duration_s"]))
+        status, _ = _post(conn, f"/api/v1/calls/{call_id}/complete",
+                          {"duration_s": duration, "disposition": "answered" if duration else "no_answer"}, headers)
+        done_ms.append((time.perf_counter() - t1) * 1000)
+        if status != 200:
+            errors += 1
+            continue
+        pairs += 1
+    conn.close()
+    out.update(auth=auth_ms, complete=done_ms, pairs=pairs, refused=refused, errors=errors)
+
+
+def _baseline_thread(port: int, until: float, ids: list[int], out: dict[str, Any]) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    latencies: list[float] = []
+    requests = errors = 0
+    n = 0
+    while time.monotonic() < until:
+        n += 1
+        t0 = time.perf_counter()
+        status, _ = _post(conn, f"/debit?id={ids[n % len(ids)]}", None, {})
+        latencies.append((time.perf_counter() - t0) * 1000)
+        requests += 1
+        errors += status != 200
+    conn.close()
+    out.update(latency=latencies, requests=requests, errors=errors)
+
+
+def _cdr_thread(port: int, key: str, until: float, callers: list[int], callees: list[str], tag: str,
+                out: dict[str, Any]) -> None:
+    """Batches of 1000 CDRs over this sender's own wallets until `until` (the batch in flight finishes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    rng = random.Random(tag)
+    answered = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    charged = other = batches = 0
+    latencies: list[float] = []
+    while time.monotonic() < until:
+        batches += 1
+        # Sorted by caller: a batch is one transaction locking its wallets in item order.
+        first = batches * 1000
+        batch = sorted(({"call_id": f"{tag}-{batches}-{j}", "caller": f"+{callers[(first + j) % len(callers)]}",
+                         "callee": rng.choice(callees), "duration_s": rng.randint(1, 600),
+                         "answered_at": (answered + timedelta(seconds=j)).isoformat().replace("+00:00", "Z"),
+                         "disposition": "answered"} for j in range(1000)), key=lambda c: c["caller"])
+        t0 = time.perf_counter()
+        status, body = _post(conn, "/api/v1/cdrs", {"cdrs": batch}, headers)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        if status != 200:
+            other += len(batch)
+            continue
+        for result in body["results"]:
+            charged += result["status"] == "charged"
+            other += result["status"] != "charged"
+    conn.close()
+    out.update(charged=charged, other=other, batch_ms=latencies)
+
+
+def load_process(kind: str, params: dict[str, Any], results: Any) -> None:
+    """Entry point of the load process: run `kind` with threads, put a summary on `results`."""
+    threads: list[threading.Thread] = []
+    outs: list[dict[str, Any]] = [{} for _ in range(params["concurrency"])]
+    started = time.monotonic()
+    until = started + params.get("seconds", 0)
+    for i in range(params["concurrency"]):
+        if kind == "switch":
+            mine = params["callers"][i::params["concurrency"]]
+            target: Any = _switch_thread
+            targs: tuple[Any, ...] = (params["port"], params["key"], until, mine, params["callees"],
+                                      f"{params['tag']}-{i}", outs[i])
+        elif kind == "baseline":
+            target, targs = _baseline_thread, (params["port"], until, params["ids"][i::params["concurrency"]], outs[i])
+        else:
+            # Each sender owns the wallets i with i % senders == its number: concurrent batches never wait
+            # for each other's wallet locks.
+            target, targs = _cdr_thread, (params["port"], params["key"], until,
+                                          params["callers"][i::params["concurrency"]], params["callees"],
+                                          f"{params['tag']}-{i}", outs[i])
+        threads.append(threading.Thread(target=target, args=targs, daemon=True))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=params.get("seconds", 0) + 600)
+    elapsed = time.monotonic() - started
+    summary: dict[str, Any] = {"elapsed": elapsed}
+    if kind == "switch":
+        auth = sorted(x for o in outs for x in o.get("auth", []))
+        done = sorted(x for o in outs for x in o.get("complete", []))
+        summary.update(pairs=sum(o.get("pairs", 0) for o in outs), refused=sum(o.get("refused", 0) for o in outs),
+                       errors=sum(o.get("errors", 0) for o in outs), requests=len(auth) + len(done),
+                       auth_p50=percentile(auth, 0.5), auth_p99=percentile(auth, 0.99),
+                       complete_p50=percentile(done, 0.5), complete_p99=percentile(done, 0.99))
+    elif kind == "baseline":
+        lat = sorted(x for o in outs for x in o.get("latency", []))
+        summary.update(requests=sum(o.get("requests", 0) for o in outs), errors=sum(o.get("errors", 0) for o in outs),
+                       p50=percentile(lat, 0.5), p99=percentile(lat, 0.99))
+    else:
+        batch_ms = sorted(x for o in outs for x in o.get("batch_ms", []))
+        summary.update(charged=sum(o.get("charged", 0) for o in outs), other=sum(o.get("other", 0) for o in outs),
+                       batches=len(batch_ms), batch_p50=percentile(batch_ms, 0.5))
+    results.put(summary)
+
+
+def run_load(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=load_process, args=(kind, params, results))
+    proc.start()
+    summary: dict[str, Any] = results.get(timeout=params.get("seconds", 0) + 900)
+    proc.join(timeout=60)
+    return summary
+
+
+# ---------------------------------------------------------------- in-process rating
+
+
+def rating_throughput(rates: list[Rate], calls: int, seed: int) -> tuple[int, float]:
+    rng = random.Random(seed)
+    table = PrefixTable(rates)
+    known = [r.prefix for r in rates]
+    cdrs = []
+    for _ in range(calls):
+        head = rng.choice(known) if rng.random() < 0.95 else "0"
+        cdrs.append((head + "".join(rng.choices("0123456789", k=max(1, 12 - len(head)))), rng.randint(0, 3600)))
+    on = date(2026, 11, 22)
+    lookup = table.lookup
+    t0 = time.perf_counter()
+    for number, duration in cdrs:
+        rate = lookup(number, on)
+        if rate is not None:
+            cost(rate, duration)
+    return calls, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- main
+
+
+def callees_for(rates: list[Rate], rng: random.Random, count: int) -> list[str]:
+    prefixes = sorted({r.prefix for r in rates})
+    return ["+" + p + "".join(rng.choices("0123456789", k=max(1, 11 - len(p)))) for p in rng.sample(prefixes, count)]
+
+
+def main() -> None:  # noqa: PLR0915 - one straight script
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--wallets", type=int, default=10_000)
+    parser.add_argument("--prefixes", type=int, default=50_000)
+    parser.add_argument("--cdr-seconds", type=float, default=15,
+                        help="send batches of 1000 CDRs for this long (the batches in flight finish)")
+    parser.add_argument("--cdr-concurrency", type=int, default=2)
+    parser.add_argument("--admin-url", default=os.environ.get("CREDITS_BENCH_ADMIN_URL",
+                                                              "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", action="store_true", help="keep the database (for profiling)")
+    args = parser.parse_args()
+
+    name = f"credits_bench_switch_{os.getpid()}"
+    workdir = ROOT / "instance" / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    url = create_database(args.admin_url, name)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
+    env.update(CREDITS_ENV="test", CREDITS_DATABASE_URL=url)
+    log(f"database {name}; logs in {workdir.relative_to(ROOT)}")
+    rng = random.Random(args.seed)
+    rates = build_plan(random.Random(args.seed), args.prefixes)
+    server: Gunicorn | None = None
+    report: list[str] = []
+    load_before = os.getloadavg()[0]
+    try:
+        key = setup(env, args, workdir, rates)
+        log(f"durability for the measurements: {durability(url)}")
+        callers = [CALLER_BASE + i for i in range(args.wallets)]
+        callees = callees_for(rates, rng, 2000)
+
+        # ---- authorize -> complete
+        server = Gunicorn("wsgi:app", env, args, workdir, "gunicorn-app")
+        server.wait_ready("/healthz")
+        log(f"app:      gunicorn {server.command}")
+        common = {"port": server.port, "key": key, "callers": callers, "callees": callees,
+                  "concurrency": args.concurrency}
+        run_load("switch", {**common, "seconds": args.warmup, "tag": "warm"})
+        log(f"warmed up {args.warmup:.0f} s; measuring {args.seconds:.0f} s at concurrency {args.concurrency}")
+        meter = CostMeter(url, server.proc.pid)
+        before = meter.snapshot()
+        sw = run_load("switch", {**common, "seconds": args.seconds, "tag": "run"})
+        sw_cost = CostMeter.per_request(before, meter.snapshot(), sw["requests"])
+        meter.close()
+        calls_s = sw["pairs"] / sw["elapsed"]
+        mix_rps = sw["requests"] / sw["elapsed"]
+
+        # ---- batch CDRs
+        cdr = run_load("cdrs", {"port": server.port, "key": key, "callers": callers, "callees": callees,
+                                "concurrency": args.cdr_concurrency, "seconds": args.cdr_seconds, "tag": "cdr"})
+        cdrs_s = cdr["charged"] / cdr["elapsed"]
+        server.stop()
+        server = None
+
+        # ---- bare durable UPDATE
+        baseline_table(url, args.wallets)
+        server = Gunicorn("bench_baseline_app:app", env, args, workdir, "gunicorn-baseline")
+        server.wait_ready("/debit?id=1", "POST")
+        log(f"baseline: gunicorn {server.command}")
+        run_load("baseline", {"port": server.port, "ids": list(range(1, args.wallets + 1)),
+                              "concurrency": args.concurrency, "seconds": args.warmup})
+        meter = CostMeter(url, server.proc.pid)
+        before = meter.snapshot()
+        base = run_load("baseline", {"port": server.port, "ids": list(range(1, args.wallets + 1)),
+                                     "concurrency": args.concurrency, "seconds": args.seconds})
+        base_cost = CostMeter.per_request(before, meter.snapshot(), base["requests"])
+        meter.close()
+        base_rps = base["requests"] / base["elapsed"]
+        server.stop()
+        server = None
+
+        # ---- rating in process
+        n, seconds = rating_throughput(rates, 500_000, args.seed)
+        rating_s = n / seconds
+
+        audit = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "ledger", "audit"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=600)
+        ratio = mix_rps / base_rps if base_rps else 0.0
+        p99 = max(sw["auth_p99"], sw["complete_p99"])
+        report = [
+            "",
+            f"switch API benchmark: gunicorn gthread {args.workers} workers x {args.threads} threads, PostgreSQL, "
+            f"{args.prefixes:,} prefixes, {args.wallets:,} wallets, concurrency {args.concurrency}, "
+            f"{args.seconds:.0f} s",
+            f"  authorize->complete   {calls_s:8,.0f} calls/s (pairs)   target >= {TARGETS['calls_s']}   "
+            f"{mark(calls_s >= TARGETS['calls_s'])}",
+            f"    authorize           p50 {sw['auth_p50']:6.1f} ms   p99 {sw['auth_p99']:6.1f} ms",
+            f"    complete            p50 {sw['complete_p50']:6.1f} ms   p99 {sw['complete_p99']:6.1f} ms   "
+            f"p99 target < {TARGETS['p99_ms']} ms   {mark(p99 < TARGETS['p99_ms'])}",
+            f"    {sw['pairs']:,} pairs, {sw['requests']:,} requests ({mix_rps:,.0f} req/s), "
+            f"{sw['refused']} refused, {sw['errors']} errors",
+            f"    {sw_cost}",
+            f"  bare durable UPDATE   {base_rps:8,.0f} req/s   p50 {base['p50']:.1f} ms   p99 {base['p99']:.1f} ms   "
+            f"({base['errors']} errors)",
+            f"    {base_cost}",
+            f"  ratio (mix req/s / bare req/s)  {ratio:.2f}   target >= {TARGETS['ratio']}   "
+            f"{mark(ratio >= TARGETS['ratio'])}",
+            f"  POST /api/v1/cdrs     {cdrs_s:8,.0f} CDRs/s   target >= {TARGETS['cdrs_s']:,}   "
+            f"{mark(cdrs_s >= TARGETS['cdrs_s'])}",
+            f"    {cdr['charged']:,} charged, {cdr['other']} not, {cdr['batches']} batches of 1000 from "
+            f"{args.cdr_concurrency} senders, p50 {cdr['batch_p50'] / 1000:.1f} s per batch",
+            f"  rating in process     {rating_s:8,.0f} CDRs/s (lookup + cost, {len(rates):,} rates)   "
+            f"target >= {TARGETS['rating_cdrs_s']:,}   {mark(rating_s >= TARGETS['rating_cdrs_s'])}",
+            f"  ledger audit: {audit.stdout.strip().splitlines()[-1] if audit.stdout.strip() else audit.stderr[-300:]}",
+            f"  machine: {os.cpu_count()} CPUs, load average {load_before:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end (the figures are shared with whatever else runs)",
+        ]
+    finally:
+        if server is not None:
+            server.stop()
+        if args.keep:
+            log(f"kept database {name}: {url}")
+        else:
+            drop_database(args.admin_url, name)
+            log(f"dropped database {name}")
+    print("\n".join(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()
