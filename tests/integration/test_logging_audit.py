@@ -32,7 +32,7 @@ from tests.integration.accounts_helpers import (
     totp_now,
     verify_latest,
 )
-from tests.integration.payments_fixtures import VISA, bearer, fake, fake_card  # noqa: F401 - fixture
+from tests.integration.payments_fixtures import VISA, bearer, fake, fake_card, staff  # noqa: F401 - fixture
 from tests.integration.smtp_server import SmtpSink
 
 NEW_PASSWORD = "quartz lantern meadow 77"
@@ -91,7 +91,7 @@ def _pii_found(text: str) -> list[str]:
 
 
 def test_O100_logs_of_signup_login_reset_purchase_and_switch_calls_hold_no_secrets(
-        client, make, database, smtp, fake, log_lines):  # noqa: F811 - the fake gateway fixture
+        client, make, database, smtp, fake, log_lines, clock):  # noqa: F811 - the fake gateway fixture
     secrets: dict[str, str] = {"password": PASSWORD, "new password": NEW_PASSWORD, "email": EMAIL,
                                "phone": PHONE, "callee": CALLEE, "card": VISA}
     rid = iter(f"req-o100-{i:04d}" for i in range(1000))
@@ -131,8 +131,30 @@ def test_O100_logs_of_signup_login_reset_purchase_and_switch_calls_hold_no_secre
     pm = fake_card(fake, user_id)
     r = client.post("/api/v1/me/purchases", json={"amount": "10.00", "payment_method": pm}, headers=h(auth))
     assert r.status_code in (200, 201), r.json
+    purchase = r.json
     r = client.post("/api/v1/me/purchases", json={"amount": "10.00", "payment_method": VISA}, headers=h(auth))
     assert r.status_code == 400
+    # The gateway's webhook (signed), a forged one, and a staff refund of part of the purchase.
+    if purchase.get("client_secret"):
+        secrets["client secret"] = purchase["client_secret"]
+    intent = _intent_of(database, purchase["id"])
+    hook = fake.event_for_payment_intent(intent, "payment_intent.succeeded")
+    assert client.post("/webhooks/stripe", data=hook.payload, headers={**hook.headers, **h()}).status_code == 200
+    forged = fake.signed(hook.event, secret="whsec_attacker_secret")  # noqa: S106 - a test value
+    assert client.post("/webhooks/stripe", data=forged.payload, headers={**forged.headers, **h()}).status_code == 400
+    _staff_id, staff_auth = staff(make)
+    r = client.post("/api/v1/staff/refunds", headers=h(staff_auth),
+                    json={"purchase_id": purchase["id"], "amount": "2.00", "reason": "customer asked by phone"})
+    assert r.status_code in (200, 201, 202), r.json
+    # Password change, signed in with the new password and the second factor (a later TOTP step).
+    clock.advance(seconds=90)
+    r = client.post("/api/v1/auth/login", headers=h(),
+                    json={"email": EMAIL, "password": NEW_PASSWORD, "totp": totp_now(totp_secret)})
+    assert r.status_code == 200, r.json
+    r = client.post("/api/v1/me/password", headers=h({"X-CSRF-Token": r.json["csrf_token"]}),
+                    json={"current_password": NEW_PASSWORD, "new_password": PASSWORD + " again"})
+    assert r.status_code in (200, 204), r.json
+    secrets["third password"] = PASSWORD + " again"
     # Switch calls: authorize, complete, balance and quote by caller number.
     rating.import_plan("default", [Rate("65", "Singapore", 12_300, 0, 60, 6)], "USD")
     key = apikeys.create_key("switch-1", "switch")
@@ -167,6 +189,12 @@ def test_O100_logs_of_signup_login_reset_purchase_and_switch_calls_hold_no_secre
     leaked = {name: value for name, value in secrets.items() if value and value in text}
     assert leaked == {}, f"secrets in the logs: {sorted(leaked)}"
     assert _pii_found(text) == []
+
+
+def _intent_of(database: Any, purchase_id: Any) -> str:
+    with database.engine.connect() as conn:
+        return str(conn.execute(sa.text("SELECT payment_intent_id FROM purchases WHERE id = :id"),
+                                {"id": purchase_id}).scalar_one())
 
 
 def _user_id(database: Any) -> int:
