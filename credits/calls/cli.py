@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TextIO
 
 import click
 from flask.cli import AppGroup
@@ -18,7 +19,7 @@ calls_cli = AppGroup("calls", help="Call charging settings of accounts.")
 @click.argument("file", type=click.File("r", encoding="utf-8-sig"))
 @click.option("--plan", required=True, help="Plan name; an existing plan is replaced atomically.")
 @click.option("--currency", default=None, help="Plan currency (default CREDITS_DEFAULT_CURRENCY).")
-def rates_import(file: click.utils.LazyFile, plan: str, currency: str | None) -> None:
+def rates_import(file: TextIO, plan: str, currency: str | None) -> None:
     """Import a rate CSV into plan NAME; nothing is imported if any row is bad (each listed by line)."""
     from credits import config
     from credits.rating import csv_io, service
@@ -47,7 +48,7 @@ def rates_import(file: click.utils.LazyFile, plan: str, currency: str | None) ->
 @rates_cli.command("export")
 @click.option("--plan", required=True)
 @click.option("--output", "-o", type=click.File("w"), default="-")
-def rates_export(plan: str, output: click.utils.LazyFile) -> None:
+def rates_export(plan: str, output: TextIO) -> None:
     """Write plan NAME as CSV (same format as import)."""
     from credits.rating import csv_io, service
 

@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import Row, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from credits import clock, config, crypto, money
@@ -161,7 +161,9 @@ def normalise_caller_number(number: str, region: str | None = None) -> str:
 # ---------------------------------------------------------------- wallet lookup
 
 
-def _wallet_query(caller: str | None, account: str | None) -> Any:
+def _wallet_query(caller: str | None, account: str | None, *, many: bool = False) -> Any:
+    """The wallet named by caller number or account, with its owner's status and its plan (or "default");
+    with `many`, the query without a condition, for the caller to add one."""
     plan_join = or_(
         PLANS.c.id == W.c.rate_plan_id,
         # The default plan rates only wallets of its own currency: no implicit exchange.
@@ -173,6 +175,8 @@ def _wallet_query(caller: str | None, account: str | None) -> Any:
         .join(U, U.c.id == W.c.user_id)
         .outerjoin(PLANS, plan_join)
     )
+    if many:
+        return query
     if account:
         return query.where(W.c.account_number == account)
     index = crypto.blind_index("phone", caller or "")
@@ -467,14 +471,30 @@ def mark_abandoned(now: datetime | None = None) -> int:
 # ---------------------------------------------------------------- batch CDRs
 
 
-def _cdr_item(s: Session, item: Any, now: datetime, cap: int) -> CdrResult:
+_CDR_FIELDS = frozenset({"call_id", "caller", "callee", "duration_s", "answered_at", "disposition", "account"})
+
+
+@dataclass(frozen=True)
+class _Cdr:
+    index: int
+    call_id: str
+    caller: str | None
+    callee: str
+    duration: int
+    disposition: str
+    answered: datetime
+    account: str | None
+
+
+def _parse_cdr(index: int, item: Any) -> _Cdr | CdrResult:
+    """Check one CDR on its own: the parsed item, or its rejection."""
     if not isinstance(item, dict):
         return CdrResult(None, "rejected", error="each CDR is an object")
     call_id = item.get("call_id")
     try:
-        unknown = set(item) - {"call_id", "caller", "callee", "duration_s", "answered_at", "disposition", "account"}
+        unknown = set(item) - _CDR_FIELDS
         if unknown:
-            raise ValidationError(f"unknown fields: {', '.join(sorted(unknown))}")
+            raise ValidationError(f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
         call_id = check_call_id(call_id)
         account = _check_account(item.get("account"))
         caller = None if account is not None and item.get("caller") is None else e164(item.get("caller"), "caller")
@@ -488,56 +508,116 @@ def _cdr_item(s: Session, item: Any, now: datetime, cap: int) -> CdrResult:
             raise ValidationError("answered_at is required")
     except ValidationError as exc:
         return CdrResult(call_id if isinstance(call_id, str) else None, "rejected", error=exc.message)
-    with s.begin_nested():
-        wallet = _find_wallet(s, caller, account, lock=True)
-        if wallet is None:
-            return CdrResult(call_id, "rejected", error="unknown_caller")
-        rate = _rate_for(s, wallet, callee, answered.date())
-        if rate is None:
-            return CdrResult(call_id, "rejected", error="no_rate")
-        chargeable = disposition == "answered" and duration > 0
-        cost = engine.cost(rate, duration) if chargeable else 0
-        billed = engine.billed_seconds(duration, rate.first_increment_s, rate.next_increment_s) if chargeable else 0
-        inserted = s.execute(
-            insert_for(s.get_bind().dialect.name)(C).values(
-                call_id=call_id, wallet_id=wallet.id, source="cdr", caller=caller or "", callee=callee,
-                status="completed",
-                authorized_at=answered, answered_at=answered if chargeable else None,
-                ended_at=answered + timedelta(seconds=duration), completed_at=now, max_duration_s=0, reserved=0,
-                rate_prefix=rate.prefix, rate_destination=rate.destination, rate_per_minute=rate.rate_per_minute,
-                connect_fee=rate.connect_fee, first_increment_s=rate.first_increment_s,
-                next_increment_s=rate.next_increment_s, duration_s=duration, billed_s=billed, cost=cost, charged=0,
-                disposition=disposition, end_reason="cdr", flagged=False,
-            ).on_conflict_do_nothing(index_elements=["call_id"]).returning(C.c.id)
-        ).scalar()
-        if inserted is None:
-            return CdrResult(call_id, "duplicate")
-        charged = 0
-        if cost:
-            funds = charging.expire_due(s, wallet, now)
-            result = charging.charge(s, funds, cost, now, since=answered, memo=f"cdr {callee} {billed}s")
-            charged = result.charged
-            s.execute(update(C).where(C.c.id == inserted).values(
-                charged=charged, flagged=bool(result.shortfall),
-                flag_reason="credit_shortfall" if result.shortfall else None))
-        return CdrResult(call_id, "charged", charged)
+    return _Cdr(index, call_id, caller, callee, duration, disposition, answered, account)
+
+
+def _lock_cdr_wallets(s: Session, cdrs: Sequence[_Cdr]) -> tuple[dict[str, Row[Any]], dict[str, Row[Any]]]:
+    """Lock, in id order, every wallet the CDRs name; return them by caller number and by account number."""
+    callers = {c.caller for c in cdrs if c.account is None and c.caller is not None}
+    indexes = {crypto.blind_index("phone", number): number for number in callers}
+    wallet_of_caller: dict[str, int] = {}
+    if indexes:
+        for r in s.execute(
+            select(CN.c.number_bidx, CN.c.wallet_id).where(CN.c.number_bidx.in_(sorted(indexes)))
+        ).all():
+            wallet_of_caller[indexes[r.number_bidx]] = r.wallet_id
+    accounts = sorted({c.account for c in cdrs if c.account is not None})
+    ids = sorted(set(wallet_of_caller.values()))
+    if not ids and not accounts:
+        return {}, {}
+    rows = s.execute(
+        _wallet_query(None, None, many=True).where(or_(W.c.id.in_(ids), W.c.account_number.in_(accounts)))
+        .order_by(W.c.id).with_for_update(of=W)
+    ).all()
+    by_id = {row.id: row for row in rows}
+    by_caller = {number: by_id[wallet_id] for number, wallet_id in wallet_of_caller.items() if wallet_id in by_id}
+    return by_caller, {row.account_number: row for row in rows}
 
 
 def import_cdrs(items: Sequence[Any]) -> list[CdrResult]:
     """Rate and charge calls that were never authorised (switches that only send CDRs), in one transaction.
 
-    One result per item, in order: charged, duplicate (call_id seen before) or rejected (with the error);
-    a bad item is rejected on its own and the others still count. Raises ValidationError for more than
-    1000 items.
+    One result per item, in order: charged, duplicate (call_id seen before, in this batch or earlier) or
+    rejected (with the error); a bad item is rejected on its own and the others still count. Each call is
+    rated on the day it was answered and charged from the credit available (lots live then), what cannot be
+    covered going to credit_loss with the call flagged. Set-based: the statements do not grow with the batch.
+    Raises ValidationError for more than 1000 items.
     """
     if not isinstance(items, list | tuple) or len(items) > MAX_BATCH:
         raise ValidationError(f"cdrs is a list of at most {MAX_BATCH} items", field="cdrs")
-    cap = config.current().max_call_duration_s
     now = clock.now()
+    results: list[CdrResult | None] = [None] * len(items)
+    cdrs: list[_Cdr] = []
+    for i, item in enumerate(items):
+        parsed = _parse_cdr(i, item)
+        if isinstance(parsed, CdrResult):
+            results[i] = parsed
+        else:
+            cdrs.append(parsed)
     with unit_of_work() as uow:
-        results = [_cdr_item(uow.session, item, now, cap) for item in items]
+        s = uow.session
+        by_caller, by_account = _lock_cdr_wallets(s, cdrs)
+        rows: dict[str, dict[str, Any]] = {}
+        rated: dict[str, tuple[_Cdr, Row[Any], int]] = {}
+        for c in cdrs:
+            wallet = by_account.get(c.account) if c.account is not None else by_caller.get(c.caller or "")
+            if wallet is None:
+                results[c.index] = CdrResult(c.call_id, "rejected", error="unknown_caller")
+                continue
+            rate = _rate_for(s, wallet, c.callee, c.answered.date())
+            if rate is None:
+                results[c.index] = CdrResult(c.call_id, "rejected", error="no_rate")
+                continue
+            if c.call_id in rows:
+                results[c.index] = CdrResult(c.call_id, "duplicate")
+                continue
+            chargeable = c.disposition == "answered" and c.duration > 0
+            cost = engine.cost(rate, c.duration) if chargeable else 0
+            billed = engine.billed_seconds(c.duration, rate.first_increment_s, rate.next_increment_s) \
+                if chargeable else 0
+            rows[c.call_id] = dict(
+                call_id=c.call_id, wallet_id=wallet.id, hold_id=None, source="cdr", caller=c.caller or "",
+                callee=c.callee, status="completed", authorized_at=c.answered,
+                answered_at=c.answered if chargeable else None, ended_at=c.answered + timedelta(seconds=c.duration),
+                completed_at=now, max_duration_s=0, reserved=0, rate_prefix=rate.prefix,
+                rate_destination=rate.destination, rate_per_minute=rate.rate_per_minute,
+                connect_fee=rate.connect_fee, first_increment_s=rate.first_increment_s,
+                next_increment_s=rate.next_increment_s, duration_s=c.duration, billed_s=billed, cost=cost,
+                charged=0, disposition=c.disposition, end_reason="cdr", flagged=False, flag_reason=None,
+            )
+            rated[c.call_id] = (c, wallet, cost)
+        inserted: dict[str, int] = {}
+        if rows:
+            # In call_id order, so that two batches naming the same calls wait for each other without deadlock.
+            inserted = {r.call_id: r.id for r in s.execute(
+                insert_for(uow.dialect)(C).on_conflict_do_nothing(index_elements=["call_id"])
+                .returning(C.c.call_id, C.c.id),
+                [rows[call_id] for call_id in sorted(rows)],
+            ).all()}
+        to_charge = [rated[call_id] for call_id in rows if call_id in inserted and rated[call_id][2] > 0]
+        to_charge.sort(key=lambda t: t[0].index)
+        funds = {wallet.id: charging.expire_due(s, wallet, now)
+                 for wallet in {w.id: w for _, w, _ in to_charge}.values()}
+        charges = charging.charge_many(s, funds, [
+            charging.UsageCharge(wallet.id, cost, c.answered, f"cdr:{c.call_id}",
+                                 f"cdr {c.callee} {rows[c.call_id]['billed_s']}s")
+            for c, wallet, cost in to_charge], now)
+        flagged = []
+        for (c, _, _), result in zip(to_charge, charges, strict=True):
+            flagged.append({"b_id": inserted[c.call_id], "b_charged": result.charged,
+                            "b_flagged": bool(result.shortfall),
+                            "b_reason": "credit_shortfall" if result.shortfall else None})
+            results[c.index] = CdrResult(c.call_id, "charged", result.charged)
+        if flagged:
+            s.execute(update(C).where(C.c.id == bindparam("b_id")).values(
+                charged=bindparam("b_charged"), flagged=bindparam("b_flagged"), flag_reason=bindparam("b_reason")),
+                flagged)
+        for call_id, (c, _, _) in rated.items():
+            if results[c.index] is None:
+                results[c.index] = CdrResult(call_id, "charged" if call_id in inserted else "duplicate")
         uow.commit()
-        return results
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
 
 
 # ---------------------------------------------------------------- balance and quote

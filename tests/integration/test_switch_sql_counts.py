@@ -74,3 +74,24 @@ def test_unanswered_complete_and_refusals_are_cheaper(switch, callers, database)
     with statements(database) as sql:
         assert switch.authorize("c-2", broke.phone, SG_CALLEE).get_json()["reason"] == "insufficient_credit"
     assert len(sql) <= 3, "\n".join(sql)
+
+
+def test_a_cdr_batch_costs_about_what_one_cdr_does(switch, callers, database):
+    first = callers(credit=10 * USD)
+    second = callers(credit=1_000)  # too little: some of its calls go to credit_loss
+    warm(switch, first)
+
+    def batch(prefix: str, n: int) -> list[dict[str, Any]]:
+        return [{"call_id": f"{prefix}-{i}", "caller": (first if i % 2 else second).phone, "callee": SG_CALLEE,
+                 "duration_s": 30 + i, "answered_at": "2026-11-22T11:00:00Z"} for i in range(n)]
+
+    with statements(database) as one_sql:
+        assert switch.cdrs(batch("one", 1)).get_json()["results"][0]["status"] == "charged"
+    with statements(database) as many_sql:
+        results = switch.cdrs(batch("many", 200)).get_json()["results"]
+    assert {r["status"] for r in results} == {"charged"}
+    # Whatever the batch: the key, the caller numbers, the wallets, the call rows, the lots, the journal,
+    # the postings, the lots again, the wallets again, the call rows again.
+    assert len(one_sql) <= 10, "\n".join(one_sql)
+    assert len(many_sql) <= 10, "\n".join(s[:200] for s in many_sql)
+    assert_audit_clean()
