@@ -238,6 +238,8 @@ def _stored_answer(session: Session, call_id: str, wallet_id: int | None) -> Aut
     ).first()
     if row is None:
         return None
+    if row.source != "switch":  # reported as a CDR: it was never authorised, and is over
+        raise Conflict("this call_id is already in use")
     if wallet_id is not None and row.wallet_id != wallet_id:
         raise Conflict("this call_id was authorised for another account")
     return AuthorizeResult(call_id, True, row.max_duration_s, None, row.reserved, row.currency, _rate_of_call(row),

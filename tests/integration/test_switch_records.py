@@ -330,8 +330,11 @@ def test_a_rejected_batch_item_writes_nothing(switch, callers, database):
 
 def test_authorize_after_the_call_was_reported_as_a_cdr_is_409(switch, callers, database):
     caller = callers(credit=10 * USD)
-    ok(switch.cdrs([cdr("cdr-1", caller.phone)]))
+    broke = callers(credit=0)
+    ok(switch.cdrs([cdr("cdr-1", caller.phone), cdr("cdr-2", broke.phone, 0, disposition="busy")]))
     before = table_snapshot(database)
     resp = switch.authorize("cdr-1", caller.phone, SG_CALLEE)
     assert resp.status_code == 409 and resp.mimetype == "application/problem+json"
+    # The same when the wallet could not pay anyway: never "authorized" for a call that was only reported.
+    assert switch.authorize("cdr-2", broke.phone, SG_CALLEE).status_code == 409
     assert table_snapshot(database) == before
