@@ -133,4 +133,19 @@ def sign_up(email: str, password: str, name: str, day: str, month: str, year: st
     from credits.accounts import service as accounts
 
     born = date_from_parts(day, month, year)
-    accounts.register(email, password, name, born, country, ip=ip)
+    try:
+        accounts.register(email, password, name, born, country, ip=ip)
+    except ValidationError as exc:
+        field = exc.extra.get("field")
+        if field in FORM_MESSAGES:
+            raise ValidationError(FORM_MESSAGES[field], field=field) from exc
+        raise
+
+
+#: What the sign-up form says for the API's terse field errors (the password rules already speak plainly).
+FORM_MESSAGES = {
+    "email": "Enter your email address, for example name@example.com.",
+    "name": "Enter your name (up to 200 characters).",
+    "date_of_birth": "That is not a possible date of birth. Check the year.",
+    "country": "Enter your country as its two-letter code, for example GB, US or SG.",
+}

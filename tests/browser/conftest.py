@@ -51,21 +51,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+def playwright_ready() -> Any:
+    """sync_playwright, once Playwright and Chromium are known to be there (checked before anything starts)."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _unavailable("Playwright (the Python package) is not installed")
     if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
         _unavailable(f"Chromium is not installed at {CHROMIUM}")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    return sync_playwright
 
 
 @pytest.fixture(scope="session")
-def stack(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(playwright_ready: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     s = Stack(tmp_path_factory.mktemp("browser-stack"))
     try:
         s.start()
@@ -74,6 +72,15 @@ def stack(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         raise
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_ready: Any, stack: Stack) -> Iterator[Any]:
+    # Set up after the stack, so torn down before it: the servers then see no keep-alive connections linger.
+    with playwright_ready() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
 class Browsers:
