@@ -39,7 +39,8 @@ def _ops(purpose: str = "running the service") -> Entry:
 
 _LEDGER = "keeping account of prepaid credit"
 _MONEY_RETAIN = "accounting and tax law require financial records"
-_ledger_money = Entry("usage", _LEDGER, "contract", "10 years (accounting)", True, "retain", retain_reason=_MONEY_RETAIN)
+_ledger_money = Entry("usage", _LEDGER, "contract", "10 years (accounting)", True, "retain",
+                      retain_reason=_MONEY_RETAIN)
 
 _BILLING = "billing calls and answering billing disputes"
 _traffic = Entry("traffic", _BILLING, "contract", "billing-challenge window, then anonymised", True, "pseudonymise",
@@ -136,7 +137,8 @@ INVENTORY: dict[str, Entry] = {
     "calls.call_id": Entry("traffic", _BILLING, "contract", "billing-challenge window", False, "pseudonymise",
                            log="masked"),
     "calls.id": _ops(), "calls.wallet_id": _ops(), "calls.hold_id": _ops(), "calls.source": _ops(),
-    "calls.status": _ops(_BILLING), "calls.flagged": _ops("support review"), "calls.flag_reason": _ops("support review"),
+    "calls.status": _ops(_BILLING), "calls.flagged": _ops("support review"),
+    "calls.flag_reason": _ops("support review"),
     # audit log (never personal data in clear: ids, amounts, reasons)
     "audit_log.id": _ops(), "audit_log.at": _ops("accountability"), "audit_log.actor": _ops("accountability"),
     "audit_log.action": _ops("accountability"), "audit_log.subject": _ops("accountability"),
