@@ -9,12 +9,12 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, select, update
 
 from credits import clock
 from credits.accounts.models import ApiKey
-from credits.db import unit_of_work
-from credits.errors import NotFound, Unauthorized, ValidationError
+from credits.db import insert_for, unit_of_work
+from credits.errors import Conflict, NotFound, Unauthorized, ValidationError
 
 K: Table = ApiKey.__table__  # type: ignore[assignment]
 SCOPES = ("switch",)
@@ -68,15 +68,20 @@ def create_key(name: str, scope: str = "switch", allowed_ips: str | None = None)
         raise ValidationError(f"scope is one of {', '.join(SCOPES)}", field="scope")
     nets = _parse_networks(allowed_ips)
     normalised = ",".join(str(n) for n in nets) or None
-    prefix = KEY_PREFIX + secrets.token_hex(4)
-    secret = f"{prefix}_{secrets.token_urlsafe(32)}"
-    with unit_of_work() as uow:
-        key_id: int = uow.session.execute(
-            insert(K).values(name=name, prefix=prefix, key_hash=_digest(secret), scope=scope,
-                             allowed_ips=normalised, created_at=clock.now()).returning(K.c.id)
-        ).scalar_one()
-        uow.commit()
-    return CreatedKey(ApiKeyView(key_id, name, prefix, scope, normalised), secret)
+    for _ in range(5):
+        # The visible prefix is 32 random bits and unique: on the rare collision, draw another key.
+        prefix = KEY_PREFIX + secrets.token_hex(4)
+        secret = f"{prefix}_{secrets.token_urlsafe(32)}"
+        with unit_of_work() as uow:
+            key_id: int | None = uow.session.execute(
+                insert_for(uow.dialect)(K).values(name=name, prefix=prefix, key_hash=_digest(secret), scope=scope,
+                                                  allowed_ips=normalised, created_at=clock.now())
+                .on_conflict_do_nothing(index_elements=["prefix"]).returning(K.c.id)
+            ).scalar()
+            if key_id is not None:
+                uow.commit()
+                return CreatedKey(ApiKeyView(key_id, name, prefix, scope, normalised), secret)
+    raise Conflict("could not allocate a key prefix; try again")  # pragma: no cover - 2^-32 five times
 
 
 def revoke_key(name_or_prefix: str) -> int:

@@ -353,3 +353,15 @@ def _key_rows() -> list[Any]:
 
     with get_db().engine.connect() as conn:
         return list(conn.execute(sa.select(ApiKey.prefix, ApiKey.key_hash)).all())
+
+
+def test_a_key_prefix_collision_draws_another_key(app, monkeypatch):
+    import secrets
+
+    first = apikeys.create_key("pbx-1", "switch")
+    hexes = iter([first.view.prefix.removeprefix(apikeys.KEY_PREFIX), "0badcafe"])
+    monkeypatch.setattr(secrets, "token_hex", lambda _n: next(hexes))
+    second = apikeys.create_key("pbx-2", "switch")
+    assert second.view.prefix == apikeys.KEY_PREFIX + "0badcafe"
+    assert apikeys.authenticate(second.secret, "switch", "127.0.0.1").name == "pbx-2"
+    assert apikeys.authenticate(first.secret, "switch", "127.0.0.1").name == "pbx-1"
