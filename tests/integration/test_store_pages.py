@@ -221,3 +221,18 @@ def test_sessions_page_lists_and_revokes(client, app):
     assert other.get("/dashboard").status_code == 302
     assert client.get("/dashboard").status_code == 200
     assert client.post("/settings/sessions/999999/revoke", data={"csrf_token": token}).status_code == 404
+
+
+class TestThrottledForms:
+    @pytest.fixture
+    def settings_overrides(self):
+        return {"register_ip_limit": "2 per hour", "login_ip_limit": "2 per minute"}
+
+    def test_J67_the_page_forms_share_the_per_ip_limits_of_the_api(self, client, database):
+        for path in ("/signup", "/login"):
+            token = csrf_of(client.get(path).text)
+            codes = [client.post(path, data={"csrf_token": token, "email": "x@example.com"}).status_code
+                     for _ in range(3)]
+            assert codes[:2] != [429, 429] and codes[2] == 429, (path, codes)
+            r = client.post(path, data={"csrf_token": token})
+            assert r.status_code == 429 and "Too many attempts" in r.text  # a page, not problem+json

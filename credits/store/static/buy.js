@@ -166,6 +166,7 @@
     } else {
       say('We are waiting for your bank. The credit appears in your account as soon as the payment goes ' +
           'through, and we email you a receipt. Please do not pay again.');
+      form.dataset.waiting = 'true';
     }
   }
 
@@ -179,7 +180,7 @@
     } catch (err) {
       fail(err instanceof Problem ? err.message : 'Something went wrong. Please try again.');
     } finally {
-      payButton.disabled = false;
+      payButton.disabled = form.dataset.waiting === 'true';  // a payment the bank has not answered: no second one
     }
   });
 })();
