@@ -24,7 +24,7 @@ from credits.calls.models import DISPOSITIONS, Call, CallerNumber
 from credits.db import insert_for, unit_of_work
 from credits.errors import Conflict, NotFound, ValidationError
 from credits.ledger import charging
-from credits.ledger.models import Hold, Wallet
+from credits.ledger.models import Hold, Lot, Wallet
 from credits.rating import engine
 from credits.rating.engine import Rate
 from credits.rating.models import RatePlan
@@ -33,6 +33,7 @@ from credits.rating.service import prefix_table
 W: Table = Wallet.__table__  # type: ignore[assignment]
 U: Table = User.__table__  # type: ignore[assignment]
 H: Table = Hold.__table__  # type: ignore[assignment]
+L: Table = Lot.__table__  # type: ignore[assignment]
 C: Table = Call.__table__  # type: ignore[assignment]
 CN: Table = CallerNumber.__table__  # type: ignore[assignment]
 PLANS: Table = RatePlan.__table__  # type: ignore[assignment]
@@ -630,12 +631,19 @@ def balance(caller: str | None = None, account: str | None = None) -> BalanceRes
     if not caller and not account:
         raise ValidationError("give caller or account")
     caller_n = e164(caller, "caller") if caller else None
+    now = clock.now()
     with unit_of_work() as uow:
         wallet = _find_wallet(uow.session, caller_n, account, lock=False)
         if wallet is None:
             raise NotFound("unknown caller or account")
-        return BalanceResult(wallet.account_number, wallet.balance, wallet.balance - wallet.held, wallet.currency,
-                             wallet.next_expiry_at)
+        funds = charging.live_funds(uow.session, wallet, now)
+        next_expiry = wallet.next_expiry_at
+        if next_expiry is not None and next_expiry <= now:
+            next_expiry = uow.session.execute(
+                select(func.min(L.c.expires_at)).where(L.c.wallet_id == wallet.id, L.c.remaining > 0,
+                                                       L.c.expires_at > now)
+            ).scalar()
+        return BalanceResult(wallet.account_number, funds.balance, funds.available, wallet.currency, next_expiry)
 
 
 def quote(caller: str | None, callee: str, account: str | None = None) -> QuoteResult:
@@ -653,7 +661,7 @@ def quote(caller: str | None, callee: str, account: str | None = None) -> QuoteR
             return QuoteResult(False, 0, "unknown_caller", None, None, None)
         refusal = _status_refusal(wallet.status)
         rate = _rate_for(s, wallet, callee_n, now.date())
-        available = wallet.balance - wallet.held
+        available = charging.live_funds(s, wallet, now).available
         if refusal or rate is None:
             return QuoteResult(False, 0, refusal or "no_rate", wallet.currency, rate, available)
         share, refusal = _share(s, wallet, available)

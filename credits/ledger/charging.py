@@ -15,7 +15,7 @@ from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from credits.db import insert_for
-from credits.ledger.draw import LotState, draw
+from credits.ledger.draw import HoldState, LotState, draw, protected_by_holds
 from credits.ledger.models import Hold, JournalTransaction, Lot, Posting, Wallet
 from credits.ledger.service import _expire_wallet, _new_tx, _next_expiry, _open_lots, _post, _take_from_lots
 
@@ -51,6 +51,20 @@ def expire_due(session: Session, wallet: Any, now: datetime) -> Funds:
         return Funds(wallet.id, wallet.balance, wallet.held)
     broken = _expire_wallet(session, wallet.id, now)[1]
     return Funds(wallet.id, wallet.balance - broken, wallet.held)
+
+
+def live_funds(session: Session, wallet: Any, now: datetime) -> Funds:
+    """The funds of a wallet, not locked, as `expire_due` would leave them, writing nothing (for answers that
+    only read, such as a balance or a quote: credit already expired must not be announced as available)."""
+    if wallet.next_expiry_at is None or wallet.next_expiry_at > now:
+        return Funds(wallet.id, wallet.balance, wallet.held)
+    lots = _open_lots(session, wallet.id)
+    holds = session.execute(
+        select(H.c.id, H.c.amount, H.c.created_at).where(H.c.wallet_id == wallet.id, H.c.status == "active")
+    ).all()
+    protected = protected_by_holds(lots, [HoldState(h.id, h.amount, h.created_at) for h in holds])
+    expired = sum(max(0, lot.remaining - protected[lot.id]) for lot in lots if lot.expires_at <= now)
+    return Funds(wallet.id, wallet.balance - expired, wallet.held)
 
 
 @dataclass(frozen=True)

@@ -301,3 +301,18 @@ def test_openapi_documents_the_switch_api(client, app):
     for path in ("/api/v1/calls/authorize", "/api/v1/calls/{call_id}/update", "/api/v1/calls/{call_id}/complete",
                  "/api/v1/cdrs", "/api/v1/balance", "/api/v1/quote"):
         assert path in doc["paths"], path
+
+
+def test_balance_and_quote_do_not_count_credit_that_has_expired(switch, callers, clock, database):
+    start = clock.now()
+    caller = callers(credit=1 * USD, expires_at=start + timedelta(days=1))
+    ledger.grant(caller.wallet_id, 50_000, "purchase", expires_at=start + timedelta(days=30))
+    clock.advance(days=2)  # the 1.00 lot has expired; the expiry job has not run yet
+    ok(switch.balance(caller=caller.phone))
+    before = table_snapshot(database)
+    assert ok(switch.balance(caller=caller.phone)) == {
+        "account": caller.number, "balance": "0.050000", "available": "0.050000", "currency": "USD",
+        "next_expiry_at": (start + timedelta(days=30)).isoformat()}
+    assert ok(switch.quote(caller=caller.phone, callee=SG_CALLEE))["max_duration_s"] == 240
+    assert table_snapshot(database) == before  # answering wrote nothing: the expiry job's work stays its own
+    assert ok(switch.authorize("c-1", caller.phone, SG_CALLEE))["max_duration_s"] == 240
