@@ -72,7 +72,7 @@ class MailSink:
     def stop(self) -> None:
         self.controller.stop()
 
-    def wait_for(self, to: str, contains: str, timeout_s: float = 30.0) -> EmailMessage:
+    def wait_for(self, to: str, contains: str, timeout_s: float = 60.0) -> EmailMessage:
         """The first message to `to` whose text contains `contains`, waiting for the jobs process to send it."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
