@@ -1,0 +1,388 @@
+"""Benchmark the ledger hot path on PostgreSQL: reserve+settle pairs/s against a bare durable UPDATE baseline.
+
+    .venv/bin/python scripts/bench_ledger.py [--database-url URL] [--wallets 1000] [--workers 16]
+        [--seconds 20] [--mode threads|processes] [--expiry [--lots 1000000] [--expiry-wallets 100000]]
+
+Without --database-url (or CREDITS_DATABASE_URL) a fresh database credits_bench_<pid> is created on
+127.0.0.1:5432, migrated (`flask db upgrade`) and dropped at the end.
+
+1. Pairs: M workers each loop over random wallets doing credits.ledger.service.reserve then settle (two
+   transactions, exactly what the switch API does per call) for --seconds. Prints pairs/s, p50/p99 of a pair.
+2. Baseline: the same M workers, same execution model and engine (credits.db: SQLAlchemy + psycopg, pool),
+   each doing `UPDATE bench_baseline SET balance = balance - 1 WHERE id = :id AND balance >= 1` as its own
+   durably committed transaction, for the same time. Prints tx/s and the ratio pairs/s ÷ baseline tx/s.
+3. With --expiry: --lots lots (already expired) granted set-based to --expiry-wallets fresh wallets, with a
+   balancing journal transaction so that the ledger audit holds; then ONE credits.ledger.service.expire_lots()
+   run is timed, and the ledger audit run after it.
+
+This is a benchmark, not a test: the machine is shared and noisy; run it a few times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sqlalchemy as sa  # noqa: E402
+
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+RESERVE = 100_000  # 0.10 per call held ...
+CHARGE = 60_000  # ... and 0.06 charged
+CREDIT = 10_000 * 1_000_000  # per wallet: plenty
+
+
+# ---------------------------------------------------------------- database lifecycle
+
+
+def create_database() -> tuple[str, str]:
+    name = f"credits_bench_{os.getpid()}"
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return name, f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_database(name: str) -> None:
+    from credits import db
+
+    if db._db is not None:
+        db._db.dispose()
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def make_config(url: str) -> Any:
+    from credits import config
+
+    return config.Config(env="development", database_url=url,
+                         secret_key="bench-secret-key-0123456789abcdef0123456789")
+
+
+def init_app(url: str) -> Any:
+    """create_app for `url`: installs the settings and the process-wide engine (pool 10 + overflow 10)."""
+    from credits import create_app
+
+    return create_app(make_config(url))
+
+
+def migrate(url: str) -> None:
+    from flask_migrate import upgrade
+
+    from credits import config
+
+    app = init_app(url)
+    with app.app_context():
+        upgrade(directory=str(config.PROJECT_ROOT / "migrations"))
+
+
+# ---------------------------------------------------------------- set-based setup
+
+
+def create_wallets(engine: sa.Engine, n: int, tag: str) -> list[int]:
+    """n users with wallets (Core executemany fills the models' Python-side defaults); returns wallet ids."""
+    from credits.accounts.models import User
+    from credits.ledger.models import Wallet
+
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        rows = [{"email_enc": "", "email_bidx": f"bench-{tag}-{i}", "password_hash": None, "role": "customer",
+                 "status": "active", "created_at": now} for i in range(n)]
+        for start in range(0, n, 20_000):
+            conn.execute(sa.insert(User.__table__), rows[start:start + 20_000])
+        conn.execute(sa.text(
+            "INSERT INTO wallets (user_id, account_number, currency, balance, held, created_at) "
+            "SELECT id, (7000000000 + id)::text, 'USD', 0, 0, :now FROM users "
+            "WHERE email_bidx LIKE :pattern ORDER BY id"), {"now": now, "pattern": f"bench-{tag}-%"})
+        ids = conn.execute(
+            sa.select(Wallet.__table__.c.id).join(User.__table__, User.__table__.c.id == Wallet.__table__.c.user_id)
+            .where(User.__table__.c.email_bidx.like(f"bench-{tag}-%")).order_by(Wallet.__table__.c.id)
+        ).scalars().all()
+    return list(ids)
+
+
+def grant_set_based(engine: sa.Engine, wallet_ids: list[int], lots_per_wallet: int, amount: int,
+                    created_at: datetime, expires_at: datetime) -> int:
+    """Grant `lots_per_wallet` lots of `amount` to each wallet in ONE journal transaction: a posting per lot,
+    one balancing gateway_clearing posting, wallet balances and next expiry updated (audit-consistent)."""
+    with engine.begin() as conn:
+        tx_id = conn.execute(sa.text(
+            "INSERT INTO journal_transactions (kind, created_at, memo) VALUES ('grant', :at, 'bench grant') "
+            "RETURNING id"), {"at": created_at}).scalar_one()
+        conn.execute(sa.text(
+            "INSERT INTO lots (wallet_id, source, granted, remaining, expires_at, created_at, grant_tx_id) "
+            "SELECT w.id, 'purchase', :amount, :amount, :exp, :at, :tx "
+            "FROM unnest(CAST(:ids AS bigint[])) AS w(id), generate_series(1, :per) AS g ORDER BY w.id, g"),
+            {"amount": amount, "exp": expires_at, "at": created_at, "tx": tx_id, "ids": wallet_ids,
+             "per": lots_per_wallet})
+        conn.execute(sa.text(
+            "INSERT INTO postings (tx_id, wallet_id, lot_id, amount) "
+            "SELECT :tx, wallet_id, id, granted FROM lots WHERE grant_tx_id = :tx"), {"tx": tx_id})
+        total = conn.execute(sa.text("SELECT sum(granted) FROM lots WHERE grant_tx_id = :tx"),
+                             {"tx": tx_id}).scalar_one()
+        conn.execute(sa.text(
+            "INSERT INTO postings (tx_id, system_account, amount) VALUES (:tx, 'gateway_clearing', :amount)"),
+            {"tx": tx_id, "amount": -total})
+        conn.execute(sa.text(
+            "UPDATE wallets w SET balance = w.balance + s.total, "
+            "next_expiry_at = least(coalesce(w.next_expiry_at, s.first), s.first) "
+            "FROM (SELECT wallet_id, sum(granted) AS total, min(expires_at) AS first FROM lots "
+            "WHERE grant_tx_id = :tx GROUP BY wallet_id) s WHERE w.id = s.wallet_id"), {"tx": tx_id})
+    return int(total)
+
+
+def create_baseline_table(engine: sa.Engine, n: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS bench_baseline"))
+        conn.execute(sa.text("CREATE TABLE bench_baseline (id bigint PRIMARY KEY, balance bigint NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO bench_baseline SELECT g, 1000000000 FROM generate_series(1, :n) g"),
+                     {"n": n})
+    vacuum(engine, "bench_baseline")
+
+
+def vacuum(engine: sa.Engine, table: str = "") -> None:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text(f"VACUUM ANALYZE {table}"))
+
+
+# ---------------------------------------------------------------- workers
+
+BASELINE_SQL = sa.text("UPDATE bench_baseline SET balance = balance - 1 WHERE id = :id AND balance >= 1")
+
+
+def pair_op(wallet_ids: list[int], tag: str) -> Callable[[random.Random, str], None]:
+    from credits.ledger import service
+
+    def op(rng: random.Random, n: str) -> None:
+        key = f"{tag}-{n}"
+        service.reserve(rng.choice(wallet_ids), key, RESERVE)
+        service.settle(key, CHARGE)
+
+    return op
+
+
+def baseline_op(rows: int) -> Callable[[random.Random, str], None]:
+    from credits import db
+
+    engine = db.get().engine
+
+    def op(rng: random.Random, n: str) -> None:
+        with engine.begin() as conn:
+            conn.execute(BASELINE_SQL, {"id": rng.randint(1, rows)})
+
+    return op
+
+
+def loop(op: Callable[[random.Random, str], None], seed: int, start_at: float, seconds: float) -> list[float]:
+    """Run `op` back to back from start_at for `seconds`; return each call's latency in seconds."""
+    rng = random.Random(seed)
+    latencies: list[float] = []
+    delay = start_at - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    end = start_at + seconds
+    i = 0
+    while True:
+        t0 = time.monotonic()
+        if t0 >= end:
+            return latencies
+        op(rng, f"{seed}-{i}")
+        latencies.append(time.monotonic() - t0)
+        i += 1
+
+
+def _process_worker(url: str, kind: str, wallet_ids: list[int], n_baseline: int, tag: str, seed: int,
+                    barrier: Any, seconds: float, out: Any) -> None:
+    init_app(url)
+    op = pair_op(wallet_ids, tag) if kind == "pairs" else baseline_op(n_baseline)
+    barrier.wait()
+    start_at = time.monotonic() + 0.2
+    try:
+        out.put(loop(op, seed, start_at, seconds))
+    except BaseException as exc:  # noqa: BLE001 - reported by the parent
+        out.put(exc)
+
+
+def run_phase(kind: str, args: argparse.Namespace, url: str, wallet_ids: list[int], tag: str) -> dict[str, Any]:
+    """Run M workers of `kind` (pairs or baseline) for args.seconds; return count, rate and latencies."""
+    results: list[Any] = []
+    if args.mode == "threads":
+        op = pair_op(wallet_ids, tag) if kind == "pairs" else baseline_op(args.wallets)
+        start_at = time.monotonic() + 0.5
+        lock = threading.Lock()
+
+        def body(w: int) -> None:
+            try:
+                r: Any = loop(op, w, start_at, args.seconds)
+            except BaseException as exc:  # noqa: BLE001
+                r = exc
+            with lock:
+                results.append(r)
+
+        threads = [threading.Thread(target=body, args=(w,)) for w in range(args.workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(args.seconds + 120)
+    else:
+        ctx = mp.get_context("spawn")
+        barrier = ctx.Barrier(args.workers)
+        out = ctx.Queue()
+        procs = [ctx.Process(target=_process_worker, args=(url, kind, wallet_ids, args.wallets, f"{tag}-p{w}", w,
+                                                           barrier, args.seconds, out)) for w in range(args.workers)]
+        for p in procs:
+            p.start()
+        try:
+            for _ in procs:
+                results.append(out.get(timeout=args.seconds + 180))
+        finally:
+            for p in procs:
+                p.join(30)
+                if p.is_alive():
+                    p.kill()
+                    p.join(10)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise RuntimeError(f"{len(errors)} {kind} worker(s) failed: {errors[0]!r}") from errors[0]
+    latencies = sorted(x for r in results for x in r)
+    return {"count": len(latencies), "rate": len(latencies) / args.seconds, "latencies": latencies}
+
+
+def pct(sorted_values: list[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, int(p / 100 * len(sorted_values)))]
+
+
+# ---------------------------------------------------------------- expiry
+
+
+def expiry_bench(args: argparse.Namespace, engine: sa.Engine) -> dict[str, Any]:
+    from credits.ledger import service
+    from credits.ledger.audit import run_audit
+
+    per = max(1, args.lots // args.expiry_wallets)
+    t0 = time.perf_counter()
+    ids = create_wallets(engine, args.expiry_wallets, "expiry")
+    now = datetime.now(UTC)
+    total = grant_set_based(engine, ids, per, 1_000_000, now - timedelta(days=181), now - timedelta(days=1))
+    vacuum(engine)
+    setup_s = time.perf_counter() - t0
+    lots = len(ids) * per
+    print(f"expiry setup: {lots:,} expired lots in {len(ids):,} wallets ({total / 1e6:,.0f} USD) "
+          f"in {setup_s:.1f} s", flush=True)
+    t0 = time.perf_counter()
+    result = service.expire_lots()
+    expire_s = time.perf_counter() - t0
+    print(f"expire_lots: {result}", flush=True)
+    ok = result.lots == lots and result.amount == total
+    audit_s = None
+    audit_ok = None
+    if not args.no_audit:
+        t0 = time.perf_counter()
+        report = run_audit()
+        audit_s = time.perf_counter() - t0
+        audit_ok = report.ok
+        if not report.ok:
+            print(report.text())
+    return {"lots": lots, "wallets": len(ids), "seconds": expire_s, "result": result, "complete": ok,
+            "audit_ok": audit_ok, "audit_s": audit_s}
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default=os.environ.get("CREDITS_DATABASE_URL"))
+    parser.add_argument("--wallets", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--mode", choices=("threads", "processes"), default="threads")
+    parser.add_argument("--skip-pairs", action="store_true", help="only the expiry part (with --expiry)")
+    parser.add_argument("--expiry", action="store_true", help="also time expire_lots() over --lots expired lots")
+    parser.add_argument("--lots", type=int, default=1_000_000)
+    parser.add_argument("--expiry-wallets", type=int, default=100_000)
+    parser.add_argument("--no-audit", action="store_true", help="skip the ledger audit after expiry")
+    args = parser.parse_args()
+
+    created: str | None = None
+    url = args.database_url
+    if not url:
+        created, url = create_database()
+        print(f"database: created {created}", flush=True)
+    if not url.startswith(("postgresql", "postgres://")):
+        parser.error("this benchmark needs PostgreSQL")
+    try:
+        if created:
+            migrate(url)
+        init_app(url)
+        from credits import db
+
+        engine = db.get().engine
+        tag = f"b{os.getpid()}-{int(time.time())}"
+        pairs = baseline = expiry = None
+        if not args.skip_pairs:
+            wallet_ids = create_wallets(engine, args.wallets, tag)
+            grant_set_based(engine, wallet_ids, 1, CREDIT, datetime.now(UTC), datetime.now(UTC) + timedelta(days=365))
+            create_baseline_table(engine, args.wallets)
+            vacuum(engine)
+            print(f"pairs: {args.workers} {args.mode}, {len(wallet_ids)} wallets, {args.seconds:g} s ...", flush=True)
+            pairs = run_phase("pairs", args, url, wallet_ids, tag)
+            print(f"baseline: {args.workers} {args.mode}, {args.seconds:g} s ...", flush=True)
+            baseline = run_phase("baseline", args, url, wallet_ids, tag)
+        if args.expiry:
+            expiry = expiry_bench(args, engine)
+        if pairs is not None and not args.no_audit:
+            from credits.ledger.audit import run_audit
+
+            report = run_audit()
+            audit_line = "ledger audit after the run: " + ("clean" if report.ok else report.text())
+        else:
+            audit_line = ""
+
+        print("\n==== bench_ledger results " + "=" * 40)
+        print(f"PostgreSQL, {args.workers} {args.mode}, {args.seconds:g} s per phase, {args.wallets} wallets")
+        if pairs is not None and baseline is not None:
+            lat = pairs["latencies"]
+            ratio = pairs["rate"] / baseline["rate"] if baseline["rate"] else float("nan")
+            print(f"pairs/s: {pairs['rate']:.0f}  p50: {pct(lat, 50) * 1000:.1f} ms  "
+                  f"p99: {pct(lat, 99) * 1000:.1f} ms  ({pairs['count']} pairs)")
+            blat = baseline["latencies"]
+            print(f"baseline tx/s: {baseline['rate']:.0f}  p50: {pct(blat, 50) * 1000:.1f} ms  "
+                  f"p99: {pct(blat, 99) * 1000:.1f} ms")
+            print(f"ratio pairs/s / baseline tx/s: {ratio:.2f}  (target >= 0.25, aim 0.5)")
+            if audit_line:
+                print(audit_line)
+        if expiry is not None:
+            rate = expiry["lots"] / expiry["seconds"] if expiry["seconds"] else float("nan")
+            audit = ("skipped" if expiry["audit_ok"] is None
+                     else f"{'clean' if expiry['audit_ok'] else 'VIOLATIONS'} ({expiry['audit_s']:.1f} s)")
+            print(f"expiry: {expiry['lots']:,} lots in {expiry['wallets']:,} wallets expired in "
+                  f"{expiry['seconds']:.1f} s  ({rate:,.0f} lots/s; target < 60 s)  "
+                  f"complete: {expiry['complete']}  audit: {audit}")
+        print("=" * 67)
+        return 0
+    finally:
+        if created:
+            drop_database(created)
+            print(f"database: dropped {created}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
