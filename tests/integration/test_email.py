@@ -276,3 +276,42 @@ def test_notices_refuse_unknown_templates_and_missing_keys(make, database):
         with pytest.raises(ValueError, match="not a security notice"):
             notices.security_notice(uow.session, alice.user_id, "verify_email", link="x", expires_at="y")
     assert _outbox(database) == []
+
+
+# ---------------------------------------------------------------- the Mailer port: one contract, two mailers
+
+
+@pytest.fixture(params=["smtp", "memory"])
+def port(request, smtp):
+    """(mailer, inbox) for the real SMTP mailer (read back off the aiosmtpd server) and for the in-memory one."""
+    if request.param == "smtp":
+        return mailer.SmtpMailer("127.0.0.1", smtp.port), lambda n: smtp.wait_for(n)
+    fake = mailer.MemoryMailer()
+    return fake, lambda n: list(fake.sent)
+
+
+def _message(to: str, subject: str) -> Any:
+    from credits.notify.render import Rendered, compose
+
+    return compose(Rendered(subject, f"Hello {to}\n", f"<p>Hello {to}</p>"), to=to, sender="credits@example.net")
+
+
+def test_mailer_contract_delivers_what_it_accepts(port, app):
+    send, inbox = port
+    send.send(_message("alice@example.com", "One"))
+    send.send(_message("bob@example.com", "Two"))
+    got = inbox(2)
+    assert [(m["To"], m["Subject"]) for m in got] == [("alice@example.com", "One"), ("bob@example.com", "Two")]
+    assert body_text(got[0]).strip() == "Hello alice@example.com"
+    assert body_html(got[1]).strip() == "<p>Hello bob@example.com</p>"
+
+
+def test_mailer_contract_refusal_is_a_permanent_mail_error(port, smtp, app):
+    send, inbox = port
+    if isinstance(send, mailer.MemoryMailer):
+        send.fail_next(mailer.MailError("recipient refused", permanent=True, code=550))
+    else:
+        smtp.refuse.add("gone@example.com")
+    with pytest.raises(mailer.MailError) as refused:
+        send.send(_message("gone@example.com", "Lost"))
+    assert refused.value.permanent and refused.value.code == 550

@@ -223,7 +223,10 @@ def test_O101_security_events_carry_time_subject_action_and_request_id(client, d
     for _kind, call in steps:
         response = call()
         assert response.headers["X-Request-Id"].startswith("req-o101-")
+    assert client.post("/api/v1/auth/token", json={"email": EMAIL, "password": PASSWORD}).status_code == 201
     csrf = {"X-CSRF-Token": login(client, EMAIL, PASSWORD).json["csrf_token"]}
+    r = client.delete("/api/v1/me/sessions", headers={**csrf, "X-Request-Id": "req-o101-revoke"})
+    assert r.status_code == 200 and r.json["revoked"] >= 1
     r = client.post("/api/v1/me/password", json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
                     headers={**csrf, "X-Request-Id": "req-o101-change"})
     assert r.status_code in (200, 204), r.json
@@ -242,7 +245,8 @@ def test_O101_security_events_carry_time_subject_action_and_request_id(client, d
         match = re.search(r"request=(req-o101-[a-z]+)", event.detail)
         if match:
             by_request.setdefault(match.group(1), []).append(event)
-    expected = {"req-o101-fail": "login_failed", "req-o101-login": "login", "req-o101-change": "password_changed",
+    expected = {"req-o101-fail": "login_failed", "req-o101-login": "login", "req-o101-revoke": "sessions_revoked",
+                "req-o101-change": "password_changed",
                 "req-o101-reset": "password_reset_requested", "req-o101-confirm": "password_reset",
                 "req-o101-report": "compromise_reported"}
     for request_id, kind in expected.items():
@@ -258,6 +262,20 @@ def test_O101_security_events_carry_time_subject_action_and_request_id(client, d
     with database.engine.connect() as conn:
         at = conn.execute(sa.select(sa.text("at")).select_from(sa.text("security_events")).limit(1)).scalar_one()
     assert str(at).startswith(clock.now().strftime("%Y-%m-%d"))
+
+
+def test_O101_mfa_failure_is_an_event_with_its_request_id(client, database):
+    register(client, EMAIL, PASSWORD)
+    verify_latest(client)
+    r = login(client, EMAIL, PASSWORD)
+    _secret, _codes, _csrf = enrol_totp(client, {"X-CSRF-Token": r.json["csrf_token"]})
+    r = login(client, EMAIL, PASSWORD)
+    assert r.status_code == 200 and r.json["mfa_required"] is True
+    r = client.post("/api/v1/auth/mfa", json={"code": "000000"},
+                    headers={"X-CSRF-Token": r.json["csrf_token"], "X-Request-Id": "req-o101-mfa"})
+    assert r.status_code == 401
+    [event] = [e for e in _events(database) if e.kind == "mfa_failed"]
+    assert event.user_id == _user_id(database) and "request=req-o101-mfa" in event.detail
 
 
 # ---------------------------------------------------------------- O102
