@@ -762,14 +762,14 @@ def expire_lots(now: datetime | None = None, *, batch: int = 2000) -> ExpiryResu
     while True:
         with unit_of_work() as uow:
             s = uow.session
-            ids = s.execute(
+            ids: list[int] = list(s.execute(
                 select(W.c.id).where(W.c.next_expiry_at <= now, W.c.id > last_id).order_by(W.c.id).limit(batch)
                 .with_for_update()
-            ).scalars().all()
+            ).scalars().all())
             if not ids:
                 return ExpiryResult(wallets, lots, amount)
             last_id = ids[-1]
-            with_holds = set(s.execute(
+            with_holds: set[int] = set(s.execute(
                 select(H.c.wallet_id).where(H.c.wallet_id.in_(ids), H.c.status == "active").distinct()
             ).scalars().all())
             plain = [i for i in ids if i not in with_holds]
@@ -785,8 +785,35 @@ def expire_lots(now: datetime | None = None, *, batch: int = 2000) -> ExpiryResu
             uow.commit()
 
 
+#: PostgreSQL: expire the due lots of a batch of locked, hold-free wallets in ONE statement. The journal
+#: transaction exists only if some lot is due; each due lot is zeroed and gets its posting, breakage gets the
+#: total, and each wallet is written once (balance and next expiry: lots with credit not due at `now`).
+_EXPIRE_SET_PG = text(
+    "WITH due AS (SELECT id, wallet_id, remaining FROM lots WHERE wallet_id = ANY(CAST(:ids AS bigint[])) "
+    "AND expires_at <= :now AND remaining > 0), "
+    "tx AS (INSERT INTO journal_transactions (kind, created_at, memo) "
+    "SELECT 'expiry', :now, 'credit expired' WHERE EXISTS (SELECT 1 FROM due) RETURNING id), "
+    "zeroed AS (UPDATE lots SET remaining = 0 FROM due WHERE lots.id = due.id), "
+    "legs AS (INSERT INTO postings (tx_id, wallet_id, lot_id, amount) "
+    "SELECT tx.id, due.wallet_id, due.id, -due.remaining FROM tx, due ORDER BY due.id), "
+    "breakage AS (INSERT INTO postings (tx_id, system_account, amount) "
+    "SELECT tx.id, 'breakage', sum(due.remaining) FROM tx, due GROUP BY tx.id), "
+    "per_wallet AS (SELECT wallet_id, sum(remaining) AS total, count(*) AS n FROM due GROUP BY wallet_id), "
+    "wallets_done AS (UPDATE wallets SET balance = wallets.balance - coalesce(per_wallet.total, 0), "
+    "next_expiry_at = (SELECT min(l.expires_at) FROM lots l WHERE l.wallet_id = wallets.id AND l.remaining > 0 "
+    "AND l.expires_at > :now) "
+    "FROM unnest(CAST(:ids AS bigint[])) AS batch(id) LEFT JOIN per_wallet ON per_wallet.wallet_id = batch.id "
+    "WHERE wallets.id = batch.id) "
+    "SELECT coalesce(sum(n), 0) AS lots, coalesce(sum(total), 0) AS amount FROM per_wallet"
+)
+
+
 def _expire_set(session: Session, wallet_ids: list[int], now: datetime) -> tuple[int, int]:
     """Expire every due lot of these locked, hold-free wallets with set-based statements."""
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(_EXPIRE_SET_PG, {"ids": wallet_ids, "now": now}).one()
+        return int(row.lots), int(row.amount)
     due = and_(L.c.wallet_id.in_(wallet_ids), L.c.expires_at <= now, L.c.remaining > 0)
     count, total = session.execute(select(func.count(), func.coalesce(func.sum(L.c.remaining), 0)).where(due)).one()
     if count:
@@ -1032,10 +1059,10 @@ def statement(account: str | int, *, after: str | None = None, limit: int = 50) 
         running = wallet.balance
         if cursor is not None:
             query = query.where(P.c.tx_id < cursor)
-            newer: int = s.execute(
+            newer = s.execute(
                 select(func.coalesce(func.sum(P.c.amount), 0)).where(mine, P.c.tx_id >= cursor)
             ).scalar_one()
-            running -= newer
+            running -= int(newer)  # PostgreSQL sums bigints as numeric (Decimal)
         rows = s.execute(query).all()
         lines: list[StatementLine] = []
         for row in rows[:limit]:
