@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import Row, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from credits import clock, config, crypto, money
@@ -592,11 +592,10 @@ def import_cdrs(items: Sequence[Any]) -> list[CdrResult]:
         inserted: dict[str, int] = {}
         if rows:
             # In call_id order, so that two batches naming the same calls wait for each other without deadlock.
-            inserted = {r.call_id: r.id for r in s.execute(
-                insert_for(uow.dialect)(C).on_conflict_do_nothing(index_elements=["call_id"])
-                .returning(C.c.call_id, C.c.id),
-                [rows[call_id] for call_id in sorted(rows)],
-            ).all()}
+            inserted = {r.call_id: r.id for r in charging.bulk_insert(
+                s, C, [rows[call_id] for call_id in sorted(rows)], returning=(C.c.call_id, C.c.id),
+                skip_conflicts_on=("call_id",),
+            )}
         to_charge = [rated[call_id] for call_id in rows if call_id in inserted and rated[call_id][2] > 0]
         to_charge.sort(key=lambda t: t[0].index)
         funds = {wallet.id: charging.expire_due(s, wallet, now)
@@ -605,16 +604,12 @@ def import_cdrs(items: Sequence[Any]) -> list[CdrResult]:
             charging.UsageCharge(wallet.id, cost, c.answered, f"cdr:{c.call_id}",
                                  f"cdr {c.callee} {rows[c.call_id]['billed_s']}s")
             for c, wallet, cost in to_charge], now)
-        flagged = []
+        outcomes = []
         for (c, _, _), result in zip(to_charge, charges, strict=True):
-            flagged.append({"b_id": inserted[c.call_id], "b_charged": result.charged,
-                            "b_flagged": bool(result.shortfall),
-                            "b_reason": "credit_shortfall" if result.shortfall else None})
+            outcomes.append({"id": inserted[c.call_id], "charged": result.charged, "flagged": bool(result.shortfall),
+                             "flag_reason": "credit_shortfall" if result.shortfall else None})
             results[c.index] = CdrResult(c.call_id, "charged", result.charged)
-        if flagged:
-            s.execute(update(C).where(C.c.id == bindparam("b_id")).values(
-                charged=bindparam("b_charged"), flagged=bindparam("b_flagged"), flag_reason=bindparam("b_reason")),
-                flagged)
+        charging.bulk_update(s, C, "id", outcomes)
         for call_id, (c, _, _) in rated.items():
             if results[c.index] is None:
                 results[c.index] = CdrResult(call_id, "charged" if call_id in inserted else "duplicate")

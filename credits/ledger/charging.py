@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Row, Table, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from credits.db import insert_for
@@ -144,6 +145,61 @@ def charge(session: Session, wallet: Any, amount: int, now: datetime, *, hold: A
     return Charge(coverable, shortfall, tx_id)
 
 
+def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]], *, returning: Sequence[Any] = (),
+                skip_conflicts_on: Sequence[str] = ()) -> list[Row[Any]]:
+    """INSERT `rows` (dicts with the same keys) in one statement; return the RETURNING rows, in no set order.
+
+    On PostgreSQL the rows travel as one array per column (`INSERT ... SELECT unnest(...)`), several times
+    faster than a VALUES list of thousands of parameters; elsewhere SQLAlchemy's insertmanyvalues. With
+    `skip_conflicts_on`, rows that clash on that unique index are skipped (and not returned).
+    """
+    if not rows:
+        return []
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        columns = list(rows[0])
+        arrays = select(*[
+            func.unnest(bindparam(f"u_{name}", [row[name] for row in rows],
+                                  type_=postgresql.ARRAY(table.c[name].type))).label(name)
+            for name in columns
+        ])
+        stmt: Any = postgresql.insert(table).from_select(columns, arrays)
+        params: Any = None
+    else:
+        stmt, params = insert_for(dialect)(table), list(rows)
+    if skip_conflicts_on:
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(skip_conflicts_on))
+    if returning:
+        return list(session.execute(stmt.returning(*returning), params).all())
+    session.execute(stmt, params)
+    return []
+
+
+def bulk_update(session: Session, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
+    """UPDATE one row per dict, found by its `key` column, to the dict's other values, in one statement.
+
+    On PostgreSQL `UPDATE ... FROM unnest(...)` (one array per column); elsewhere an executemany.
+    """
+    if not rows:
+        return
+    columns = [name for name in rows[0] if name != key]
+    if session.get_bind().dialect.name == "postgresql":
+        values = select(*[
+            func.unnest(bindparam(f"u_{name}", [row[name] for row in rows],
+                                  type_=postgresql.ARRAY(table.c[name].type))).label(name)
+            for name in (key, *columns)
+        ]).subquery("v")
+        session.execute(
+            update(table).where(table.c[key] == values.c[key]).values({name: values.c[name] for name in columns})
+        )
+        return
+    session.execute(
+        update(table).where(table.c[key] == bindparam(f"b_{key}"))
+        .values({name: bindparam(f"b_{name}") for name in columns}),
+        [{f"b_{name}": value for name, value in row.items()} for row in rows],
+    )
+
+
 @dataclass(frozen=True)
 class UsageCharge:
     """One charge without a hold (a call reported only as a CDR): `amount` > 0, paid by lots live at `since`,
@@ -193,11 +249,12 @@ def charge_many(session: Session, funds: dict[int, Funds], charges: Sequence[Usa
         spent[c.wallet_id] += coverable
         planned.append((c, coverable, taken))
     # Matched back by key: asking for RETURNING in parameter order makes SQLite insert one row at a time.
-    tx_of_key = {r.idempotency_key: r.id for r in session.execute(
-        insert(J).returning(J.c.id, J.c.idempotency_key),
+    tx_of_key = {r.idempotency_key: r.id for r in bulk_insert(
+        session, J,
         [{"kind": "settle", "created_at": now, "idempotency_key": c.key, "memo": c.memo[:200], "actor": None}
          for c in charges],
-    ).all()}
+        returning=(J.c.id, J.c.idempotency_key),
+    )}
     tx_ids = [tx_of_key[c.key] for c in charges]
     postings: list[dict[str, Any]] = []
     for tx_id, (c, coverable, taken) in zip(tx_ids, planned, strict=True):
@@ -208,7 +265,7 @@ def charge_many(session: Session, funds: dict[int, Funds], charges: Sequence[Usa
         if c.amount > coverable:
             postings.append({"tx_id": tx_id, "wallet_id": None, "lot_id": None, "system_account": "credit_loss",
                              "amount": coverable - c.amount})
-    session.execute(insert(P), postings)
+    bulk_insert(session, P, postings)
     drawn = {lot_id: amount - remaining[lot_id] for lot_id, amount in
              ((lot.id, lot.remaining) for wallet_lots in lots.values() for lot in wallet_lots)}
     _take_from_lots(session, [(lot_id, part) for lot_id, part in sorted(drawn.items()) if part])
