@@ -13,7 +13,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from marshmallow import RAISE
 
 from credits import config, money
-from credits.accounts import mfa, schemas, service, sessions, signin
+from credits.accounts import mfa, schemas, service, sessions, signin, transfers
 from credits.web.auth import (
     clear_session_cookie,
     current_user_id,
@@ -242,6 +242,28 @@ def change_password(body: dict[str, Any]) -> None:
     with account_throttle("login_account_limit", "reauth", str(current_user_id())):
         signin.change_password(current_user_id(), body["current_password"], body["new_password"],
                                session_id=g.session_id, ip=client_ip())
+
+
+@me_blp.route("/transfers", methods=["POST"])
+@login_required
+@me_blp.arguments(schemas.TransferIn)
+@me_blp.response(201, schemas.TransferOut)
+@me_blp.doc(security=SECURITY)
+def send_transfer(body: dict[str, Any]) -> dict[str, Any]:
+    """Transfer credit to another account (by email or account number), confirmed with the password or a
+    second-factor code; both parties are notified. An Idempotency-Key header makes a retry safe."""
+    with account_throttle("login_account_limit", "reauth", str(current_user_id())):
+        r = transfers.send(current_user_id(), body["to"], body["amount"], password=body.get("password"),
+                           totp=body.get("totp"), key=_transfer_key(), ip=client_ip())
+    return {"id": r.transfer.id, "from_account": r.transfer.from_account, "to_account": r.transfer.to_account,
+            "amount": money.format_micro(r.transfer.amount), "currency": r.currency,
+            "balance": money.format_micro(r.balance), "available": money.format_micro(r.available),
+            "created_at": r.transfer.created_at.isoformat()}
+
+
+def _transfer_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    return f"transfer:{current_user_id()}:{key}"[:200] if key else None
 
 
 # ---------------------------------------------------------------- wallet, statement, calls

@@ -211,3 +211,23 @@ class SessionsOut(Schema):
 
 class RevokedOut(Schema):
     revoked = fields.Integer()
+
+
+class TransferIn(Schema):
+    to = fields.String(required=True, validate=validate.Length(min=1, max=320),
+                       metadata={"description": "recipient's email address or account number"})
+    amount = fields.String(required=True, validate=validate.Length(min=1, max=24),
+                           metadata={"description": "decimal string in the wallet currency"})
+    password = fields.String(validate=PASSWORD)
+    totp = fields.String(validate=validate.Length(min=6, max=32))
+
+
+class TransferOut(Schema):
+    id = fields.Integer()
+    from_account = fields.String()
+    to_account = fields.String()
+    amount = fields.String()
+    currency = fields.String()
+    balance = fields.String()
+    available = fields.String()
+    created_at = fields.String()
