@@ -24,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -529,7 +530,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     parser.add_argument("--admin-url", default=os.environ.get("CREDITS_BENCH_ADMIN_URL",
                                                               "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--keep", action="store_true", help="keep the database (for profiling)")
+    parser.add_argument("--keep", action="store_true", help="keep the database and the logs (for profiling)")
     args = parser.parse_args()
 
     name = f"credits_bench_switch_{os.getpid()}"
@@ -635,6 +636,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
             drop_database(args.admin_url, name)
             log(f"dropped database {name}")
     print("\n".join(report), flush=True)
+    if report and not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)  # logs stay only after a failure or with --keep
 
 
 if __name__ == "__main__":
