@@ -41,9 +41,12 @@ def _expire_lots() -> dict[str, Any]:
 
 
 def _sweep_holds() -> dict[str, Any]:
+    from credits.calls.service import mark_abandoned
     from credits.ledger import service
 
-    return {"expired_holds": service.sweep_holds()}
+    expired = service.sweep_holds()
+    # A call whose hold the sweep expired is over: mark it abandoned (a late complete still charges it).
+    return {"expired_holds": expired, "abandoned_calls": mark_abandoned()}
 
 
 _JOBS: dict[str, Job] = {}
