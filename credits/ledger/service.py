@@ -628,16 +628,29 @@ def _settle_writes_pg(session: Session, *, wallet_id: int, hold_id: int, now: da
         "wallet": wallet_id, "hold": hold_id, "now": now, "memo": memo, "status": status, "finished": finished_at,
         "charged": coverable, "shortfall": shortfall, "reserved": reserved, "next": next_expiry,
     }
+    if amount > 0:
+        for i, (lot_id, part) in enumerate(taken):
+            params[f"lot{i}"], params[f"part{i}"] = lot_id, part
+        params["revenue"], params["loss"] = amount, -shortfall
+    shape = (len(taken), amount > 0, shortfall > 0)
+    stmt = _SETTLE_PG.get(shape)
+    if stmt is None:
+        stmt = _SETTLE_PG[shape] = _settle_statement_pg(*shape)
+    tx_id: int | None = session.connection().execute(stmt, params).scalar_one()
+    return tx_id
+
+
+_SETTLE_PG: dict[tuple[int, bool, bool], Any] = {}
+
+
+def _settle_statement_pg(lots_drawn: int, charged: bool, shortfall: bool) -> Any:
+    """The statement of `_settle_writes_pg` for one shape (lots drawn, anything charged, any shortfall)."""
     # Only fixed fragments and numbered placeholders go into the text (hence the noqa): values are all bound.
     ctes: list[str] = []
     tx_ref = "CAST(NULL AS bigint)"
-    if amount > 0:
-        legs, drawn = [], []
-        for i, (lot_id, part) in enumerate(taken):
-            params[f"lot{i}"], params[f"part{i}"] = lot_id, part
-            legs.append(_LEG_LOT.format(i=i))
-            drawn.append(f"(CAST(:lot{i} AS bigint), CAST(:part{i} AS bigint))")
-        params["revenue"], params["loss"] = amount, -shortfall
+    if charged:
+        legs = [_LEG_LOT.format(i=i) for i in range(lots_drawn)]
+        drawn = [f"(CAST(:lot{i} AS bigint), CAST(:part{i} AS bigint))" for i in range(lots_drawn)]
         legs.append(_LEG_SYSTEM.format(account="usage_revenue", param="revenue"))
         if shortfall:
             legs.append(_LEG_SYSTEM.format(account="credit_loss", param="loss"))
@@ -655,11 +668,9 @@ def _settle_writes_pg(session: Session, *, wallet_id: int, hold_id: int, now: da
     ctes.append(
         "hold AS (UPDATE holds SET status = :status, finished_at = :finished, charged = :charged, "  # noqa: S608
         "shortfall = :shortfall, tx_id = " + tx_ref + " WHERE id = :hold)")
-    sql = (
+    return text(
         "WITH " + ", ".join(ctes) + " UPDATE wallets SET balance = balance - :charged, "  # noqa: S608
         "held = held - :reserved, next_expiry_at = :next WHERE id = :wallet RETURNING " + tx_ref)
-    tx_id: int | None = session.connection().execute(text(sql), params).scalar_one()
-    return tx_id
 
 
 def settle(key: str, amount: int, *, memo: str = "") -> HoldView:
@@ -793,7 +804,8 @@ _EXPIRE_SET_PG = text(
     "AND expires_at <= :now AND remaining > 0), "
     "tx AS (INSERT INTO journal_transactions (kind, created_at, memo) "
     "SELECT 'expiry', :now, 'credit expired' WHERE EXISTS (SELECT 1 FROM due) RETURNING id), "
-    "zeroed AS (UPDATE lots SET remaining = 0 FROM due WHERE lots.id = due.id), "
+    "zeroed AS (UPDATE lots SET remaining = 0 WHERE wallet_id = ANY(CAST(:ids AS bigint[])) "
+    "AND expires_at <= :now AND remaining > 0), "
     "legs AS (INSERT INTO postings (tx_id, wallet_id, lot_id, amount) "
     "SELECT tx.id, due.wallet_id, due.id, -due.remaining FROM tx, due ORDER BY due.id), "
     "breakage AS (INSERT INTO postings (tx_id, system_account, amount) "
@@ -815,7 +827,8 @@ def _expire_set(session: Session, wallet_ids: list[int], now: datetime) -> tuple
         row = conn.execute(_EXPIRE_SET_PG, {"ids": wallet_ids, "now": now}).one()
         return int(row.lots), int(row.amount)
     due = and_(L.c.wallet_id.in_(wallet_ids), L.c.expires_at <= now, L.c.remaining > 0)
-    count, total = session.execute(select(func.count(), func.coalesce(func.sum(L.c.remaining), 0)).where(due)).one()
+    found = session.execute(select(func.count(), func.coalesce(func.sum(L.c.remaining), 0)).where(due)).one()
+    count, total = int(found[0]), int(found[1])
     if count:
         tx_id = _new_tx(session, "expiry", now, memo="credit expired")
         session.execute(
@@ -836,7 +849,7 @@ def _expire_set(session: Session, wallet_ids: list[int], now: datetime) -> tuple
         select(func.min(L.c.expires_at)).where(L.c.wallet_id == W.c.id, L.c.remaining > 0).scalar_subquery()
     )
     session.execute(update(W).where(W.c.id.in_(wallet_ids)).values(next_expiry_at=upcoming))
-    return int(count), int(total)
+    return count, total
 
 
 # ---------------------------------------------------------------- transfers
