@@ -11,6 +11,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Row, Table, and_, bindparam, func, insert, or_, select, text, update
@@ -1072,7 +1073,7 @@ def statement(account: str | int, *, after: str | None = None, limit: int = 50) 
         running = wallet.balance
         if cursor is not None:
             query = query.where(P.c.tx_id < cursor)
-            newer = s.execute(
+            newer: int | Decimal = s.execute(
                 select(func.coalesce(func.sum(P.c.amount), 0)).where(mine, P.c.tx_id >= cursor)
             ).scalar_one()
             running -= int(newer)  # PostgreSQL sums bigints as numeric (Decimal)

@@ -59,13 +59,19 @@ def holds_card_number(text: str) -> bool:
     """True when `text` contains a Luhn-valid run of 13-19 digits (spaces or dashes allowed between digits).
 
     A run is delimited by anything but a digit, space or dash; longer runs (20+ digits) are not card numbers,
-    and neither is a run written after a "+" (an international phone number, such as a profile's phone).
+    and neither is a run written after a "+" (an international phone number, such as a profile's phone), nor a
+    run glued to a letter: digits inside a hex or base64 token ("9f3a4111111111111111c2") are part of the
+    token, and one random 64-hex-digit token in a hundred holds a Luhn-valid 13-19 digit stretch.
     """
     if sum(1 for ch in text if "0" <= ch <= "9") < 13:
         return False
     for match in _RUN.finditer(text):
-        if match.start() and text[match.start() - 1] == "+":
+        before = text[match.start() - 1] if match.start() else ""
+        after = text[match.end()] if match.end() < len(text) else ""
+        if before == "+":
             continue  # "+<digits>" is a phone number in E.164 notation; no one writes a card number that way
+        if before.isalpha() or after.isalpha() or before == "_" or after == "_":
+            continue  # part of a token or identifier, not a number someone typed
         digits = match.group().replace(" ", "").replace("-", "")
         if 13 <= len(digits) <= 19 and luhn_ok(digits) and _is_plausible(digits):
             return True
@@ -94,6 +100,9 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
 
 
 def _exempt(field: str, path: str) -> bool:
+    leaf_name = re.sub(r"\[\d+\]", "", field).rsplit(".", 1)[-1]
+    if leaf_name == "csrf_token":
+        return True  # our own token, echoed back by the form; never typed by anyone
     if not path.startswith(SWITCH_PATHS):
         return False
     leaf = re.sub(r"\[\d+\]", "", field).rsplit(".", 1)[-1]
