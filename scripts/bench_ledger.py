@@ -104,16 +104,16 @@ def create_wallets(engine: sa.Engine, n: int, tag: str) -> list[int]:
         rows = [{"email_enc": "", "email_bidx": f"bench-{tag}-{i}", "password_hash": None, "role": "customer",
                  "status": "active", "created_at": now} for i in range(n)]
         for start in range(0, n, 20_000):
-            conn.execute(sa.insert(User.__table__), rows[start:start + 20_000])
+            conn.execute(sa.insert(User), rows[start:start + 20_000])
         conn.execute(sa.text(
             "INSERT INTO wallets (user_id, account_number, currency, balance, held, created_at) "
             "SELECT id, (7000000000 + id)::text, 'USD', 0, 0, :now FROM users "
             "WHERE email_bidx LIKE :pattern ORDER BY id"), {"now": now, "pattern": f"bench-{tag}-%"})
-        ids = conn.execute(
-            sa.select(Wallet.__table__.c.id).join(User.__table__, User.__table__.c.id == Wallet.__table__.c.user_id)
-            .where(User.__table__.c.email_bidx.like(f"bench-{tag}-%")).order_by(Wallet.__table__.c.id)
-        ).scalars().all()
-    return list(ids)
+        ids: list[int] = list(conn.execute(
+            sa.select(Wallet.id).join(User, User.id == Wallet.user_id)
+            .where(User.email_bidx.like(f"bench-{tag}-%")).order_by(Wallet.id)
+        ).scalars().all())
+    return ids
 
 
 def grant_set_based(engine: sa.Engine, wallet_ids: list[int], lots_per_wallet: int, amount: int,
@@ -218,7 +218,9 @@ def _process_worker(url: str, kind: str, wallet_ids: list[int], n_baseline: int,
     barrier.wait()
     start_at = time.monotonic() + 0.2
     try:
-        out.put(loop(op, seed, start_at, seconds))
+        cpu0 = time.process_time()
+        latencies = loop(op, seed, start_at, seconds)
+        out.put((latencies, time.process_time() - cpu0))
     except BaseException as exc:  # noqa: BLE001 - reported by the parent
         out.put(exc)
 
@@ -269,6 +271,10 @@ def run_phase(kind: str, args: argparse.Namespace, url: str, wallet_ids: list[in
     if errors:
         raise RuntimeError(f"{len(errors)} {kind} worker(s) failed: {errors[0]!r}") from errors[0]
     client_cpu, server_cpu = meter.stop()
+    if args.mode == "processes":
+        # Each process timed its own loop (not its start-up); its sessions came and went with it.
+        client_cpu, server_cpu = sum(cpu for _, cpu in results), None
+        results = [lat for lat, _ in results]
     latencies = sorted(x for r in results for x in r)
     return {"count": len(latencies), "rate": len(latencies) / args.seconds, "latencies": latencies,
             "client_cpu": client_cpu, "server_cpu": server_cpu}
@@ -285,8 +291,8 @@ class CpuMeter:
 
     def _server(self) -> dict[int, float] | None:
         with self.engine.connect() as conn:
-            pids = conn.execute(sa.text(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars().all()
+            pids: list[int] = list(conn.execute(sa.text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")).scalars().all())
         out: dict[int, float] = {}
         for pid in pids:
             try:
