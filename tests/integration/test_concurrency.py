@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
 from credits.errors import InsufficientCredit
 from credits.ledger import service as ledger
@@ -94,13 +95,16 @@ def test_32_threads_on_one_wallet_exactly_ten_reservations_win(make, database):
         with lock:
             outcomes.append("settled")
 
-    sampler = Sampler(database.engine, wallet_id)
+    # The sampler has a connection of its own, outside the services' pool (which the 32 workers share).
+    sampler_engine = sa.create_engine(database.engine.url, poolclass=NullPool)
+    sampler = Sampler(sampler_engine, wallet_id)
     sampler.start()
     try:
         errors, _ = _run_threads(THREADS, worker)
     finally:
         sampler.stop.set()
         sampler.join(30)
+        sampler_engine.dispose()
 
     assert errors == [], f"unexpected errors reached the caller: {errors!r}"
     assert sampler.error is None
