@@ -53,11 +53,13 @@ def test_run_once_expire_lots_prints_counts_and_second_run_does_nothing(runner, 
 
     first = runner.invoke(args=["jobs", "run-once", "expire-lots"])
     assert first.exit_code == 0, first.output
-    assert _last_json(first.output, "expire-lots") == {"wallets": 1, "lots": 1, "broken": 5_000_000}
+    counts = _last_json(first.output, "expire-lots")
+    assert (counts["wallets"], counts["lots"], counts["broken"]) == (1, 1, 5_000_000), counts
 
     second = runner.invoke(args=["jobs", "run-once", "expire-lots"])
     assert second.exit_code == 0, second.output
-    assert _last_json(second.output, "expire-lots") == {"wallets": 0, "lots": 0, "broken": 0}
+    counts = _last_json(second.output, "expire-lots")
+    assert (counts["wallets"], counts["lots"], counts["broken"]) == (0, 0, 0) and not any(counts.values()), counts
 
     assert ledger.balance(expiring.wallet.id).balance == 0
     assert ledger.balance(lasting.wallet.id).balance == 7_000_000
@@ -74,10 +76,11 @@ def test_run_once_sweep_holds_prints_counts_and_second_run_does_nothing(runner, 
 
     first = runner.invoke(args=["jobs", "run-once", "sweep-holds"])
     assert first.exit_code == 0, first.output
-    assert _last_json(first.output, "sweep-holds") == {"expired_holds": 1}
+    assert _last_json(first.output, "sweep-holds")["expired_holds"] == 1
     second = runner.invoke(args=["jobs", "run-once", "sweep-holds"])
     assert second.exit_code == 0, second.output
-    assert _last_json(second.output, "sweep-holds") == {"expired_holds": 0}
+    counts = _last_json(second.output, "sweep-holds")
+    assert counts["expired_holds"] == 0 and not any(counts.values()), counts  # nothing left to do
 
     view = ledger.balance(account.wallet.id)
     assert (view.balance, view.held) == (5_000_000, 1_000_000)
