@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from credits import clock, config, crypto, money
 from credits.accounts.models import User
+from credits.db import get as db_get
 from credits.db import insert_for, unit_of_work
 from credits.errors import (
     AccountNotActive,
@@ -761,23 +763,46 @@ def _expire_wallet(session: Session, wallet_id: int, now: datetime) -> tuple[int
     return len(broken), total
 
 
-def expire_lots(now: datetime | None = None, *, batch: int = 2000) -> ExpiryResult:
+def expire_lots(now: datetime | None = None, *, batch: int = 2000, workers: int | None = None) -> ExpiryResult:
     """Move the remaining credit of expired lots to `breakage`, in batches of wallets (set-based).
 
     Wallets without active holds are handled by a few set-based statements per batch; wallets with active
     holds one by one, keeping what holds authorised before the expiry still need. Idempotent: a second run
     finds nothing. Returns counts of wallets, lots and the amount broken.
+
+    On PostgreSQL the due wallets are split into `workers` (default 2) contiguous id ranges expired side by
+    side, each batch its own transaction locking its wallets in id order (ranges are disjoint, so workers
+    never wait for each other). SQLite serialises writers anyway: one worker there.
     """
     now = now or clock.now()
+    if workers is None:
+        workers = 2 if db_get().dialect == "postgresql" else 1
+    if workers > 1:
+        with unit_of_work() as uow:
+            due: list[int] = list(uow.session.execute(
+                select(W.c.id).where(W.c.next_expiry_at <= now).order_by(W.c.id)
+            ).scalars().all())
+        cuts = sorted({due[len(due) * k // workers - 1] for k in range(1, workers)}) if len(due) >= 2 * batch else []
+        if cuts:
+            ranges = list(zip([0, *cuts], [*cuts, None], strict=True))
+            with ThreadPoolExecutor(len(ranges), thread_name_prefix="expire-lots") as pool:
+                parts = list(pool.map(lambda r: _expire_range(now, batch, *r), ranges))
+            return ExpiryResult(sum(p.wallets for p in parts), sum(p.lots for p in parts),
+                                sum(p.amount for p in parts))
+    return _expire_range(now, batch, 0, None)
+
+
+def _expire_range(now: datetime, batch: int, after_id: int, upto_id: int | None) -> ExpiryResult:
+    """Expire the due wallets with after_id < id <= upto_id (no upper bound for None), batch by batch."""
     wallets = lots = amount = 0
-    last_id = 0
+    last_id = after_id
     while True:
         with unit_of_work() as uow:
             s = uow.session
-            ids: list[int] = list(s.execute(
-                select(W.c.id).where(W.c.next_expiry_at <= now, W.c.id > last_id).order_by(W.c.id).limit(batch)
-                .with_for_update()
-            ).scalars().all())
+            query = select(W.c.id).where(W.c.next_expiry_at <= now, W.c.id > last_id)
+            if upto_id is not None:
+                query = query.where(W.c.id <= upto_id)
+            ids: list[int] = list(s.execute(query.order_by(W.c.id).limit(batch).with_for_update()).scalars().all())
             if not ids:
                 return ExpiryResult(wallets, lots, amount)
             last_id = ids[-1]

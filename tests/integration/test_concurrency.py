@@ -7,6 +7,7 @@ The services run exactly as in production: each call is its own transaction on t
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -155,5 +156,64 @@ def test_crossed_transfers_never_deadlock_and_conserve_credit(make, database):
     assert (va.balance, vb.balance) == (100 * SIZE, 100 * SIZE)
     with database.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM transfers")).scalar() == 16 * rounds
+    report = run_audit()
+    assert report.ok, report.text()
+
+
+def test_parallel_expiry_alongside_calls_keeps_the_ledger_whole(make, clock, database):
+    """expire_lots with several workers (tiny batches, so every worker runs many) while calls reserve and
+    settle on the same wallets: every due lot is broken exactly once, except what active holds still need."""
+    accounts = []
+    for _ in range(12):
+        account = make.account(credit=5 * SIZE, expires_at=clock.now() + timedelta(hours=1))
+        ledger.grant(account.wallet.id, 5 * SIZE, "purchase", expires_at=clock.now() + timedelta(days=30))
+        accounts.append(account)
+    # Calls authorised before the expiry: their holds keep what they need of the expiring lots.
+    for account in accounts[:4]:
+        ledger.reserve(account.wallet.id, f"early-{account.wallet.id}", 2 * SIZE, ttl_s=86400)
+    clock.advance(hours=2)
+    ids = [a.wallet.id for a in accounts]
+    stop = threading.Event()
+
+    def caller(i: int) -> None:
+        n = 0
+        while not stop.is_set() and n < 40:
+            key = f"late-{i}-{n}"
+            ledger.reserve(ids[(i + n) % len(ids)], key, SIZE // 10)
+            ledger.settle(key, SIZE // 20)
+            n += 1
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(6)]
+    errors: list[BaseException] = []
+
+    def guarded(t: threading.Thread) -> None:
+        try:
+            t.run()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    runners = [threading.Thread(target=guarded, args=(t,)) for t in threads]
+    for t in runners:
+        t.start()
+    try:
+        result = ledger.expire_lots(batch=2, workers=3)
+    finally:
+        stop.set()
+        for t in runners:
+            t.join(JOIN_TIMEOUT_S)
+    assert errors == []
+    assert result.wallets >= 1
+    again = ledger.expire_lots(batch=2, workers=3)
+    assert again.amount == 0
+    with database.engine.connect() as conn:
+        left = conn.execute(sa.text(
+            "SELECT coalesce(sum(remaining), 0) FROM lots WHERE expires_at <= :now AND remaining > 0"),
+            {"now": clock.now()}).scalar()
+        held_early = conn.execute(sa.text(
+            "SELECT coalesce(sum(amount), 0) FROM holds WHERE status = 'active' AND key LIKE 'early-%'")).scalar()
+    assert left <= held_early  # only what the early calls' holds protect
+    balances = sum(ledger.balance(i).balance for i in ids)
+    system = ledger.system_balances()
+    assert balances + system.get("breakage", 0) + system.get("usage_revenue", 0) == 12 * 10 * SIZE
     report = run_audit()
     assert report.ok, report.text()
