@@ -5,6 +5,11 @@ serves `localstripe.server.app` itself with the pickling turned into a no-op.
 
     python -m credits.payments.localstripe_server --port 8420      # serve in the foreground
 
+    # ./scripts/run: serve in the foreground with our webhook endpoint registered before the first request
+    # (the secret comes from the environment, never from the command line that `ps` shows)
+    CREDITS_STRIPE_WEBHOOK_SECRET=whsec_... python -m credits.payments.localstripe_server --port 8420 \
+        --webhook-url http://127.0.0.1:5000/webhooks/stripe
+
     with LocalStripe() as ls:                                       # a child on a free port
         ls.register_webhook("http://127.0.0.1:5000/webhooks/stripe", "whsec_...")
         ... ls.base_url ... ls.js_url ...
@@ -34,6 +39,9 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: The key tests and the demo use: localstripe accepts any sk_/pk_ key.
 TEST_SECRET_KEY = "sk_test_localstripe"  # noqa: S105 - a fake key for a fake server
 TEST_PUBLISHABLE_KEY = "pk_test_localstripe"
+#: The id our webhook endpoint is registered under, and where `--webhook-url` reads its secret from.
+WEBHOOK_ID = "credits"
+WEBHOOK_SECRET_ENV = "CREDITS_STRIPE_WEBHOOK_SECRET"  # noqa: S105 - the name of a variable, not a secret
 
 
 class LocalStripeError(RuntimeError):
@@ -185,7 +193,7 @@ class LocalStripe:
         self._request("DELETE", "/_config/data")
 
     def register_webhook(
-        self, url: str, secret: str, *, webhook_id: str = "credits", events: list[str] | None = None
+        self, url: str, secret: str, *, webhook_id: str = WEBHOOK_ID, events: list[str] | None = None
     ) -> None:
         """Have it POST signed events to `url` (about 1 s after each, once, no retries)."""
         body: dict[str, Any] = {"url": url, "secret": secret}
@@ -233,14 +241,21 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def serve(port: int, host: str = HOST) -> None:
-    """Serve localstripe on host:port in this process, in memory only (blocks until interrupted)."""
+def serve(port: int, host: str = HOST, *, webhook: tuple[str, str] | None = None) -> None:
+    """Serve localstripe on host:port in this process, in memory only (blocks until interrupted).
+
+    `webhook` (url, secret): registered (id "credits", every event) before the server takes its first request,
+    as `LocalStripe.register_webhook` would do over HTTP.
+    """
     from aiohttp import web
-    from localstripe import resources, server
+    from localstripe import resources, server, webhooks
 
     # The store pickles itself to /tmp/localstripe.pickle on every write: shared between instances and
     # slower with every object. Keep it in memory.
     resources.Store.dump_to_disk = lambda self: None
+    if webhook is not None:
+        url, secret = webhook
+        webhooks.register_webhook(WEBHOOK_ID, url, secret, None)
     web.run_app(server.app, host=host, port=port, print=None, handle_signals=True)
 
 
@@ -249,10 +264,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8420)
     parser.add_argument("--host", default=HOST, help="loopback by default; anything else exposes a fake Stripe")
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--webhook-url", default="",
+                        help="POST signed events here (e.g. http://127.0.0.1:5000/webhooks/stripe)")
+    parser.add_argument("--webhook-secret-env", default=WEBHOOK_SECRET_ENV, metavar="NAME",
+                        help=f"environment variable holding the webhook signing secret (default {WEBHOOK_SECRET_ENV})")
     args = parser.parse_args(argv)
+    webhook = None
+    if args.webhook_url:
+        secret = os.environ.get(args.webhook_secret_env, "")
+        if not args.webhook_url.startswith(("http://", "https://")) or not secret:
+            parser.error(f"--webhook-url needs an http(s) URL and a secret in ${args.webhook_secret_env}")
+        webhook = (args.webhook_url, secret)
     if args.parent_pid:
         _exit_with_parent(args.parent_pid)
-    serve(args.port, args.host)
+    serve(args.port, args.host, webhook=webhook)
     return 0
 
 
