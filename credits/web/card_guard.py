@@ -1,9 +1,17 @@
 """Card-number guard (CHECKLIST I55, PCI SAQ A): refuse any request field that holds a card number.
 
-A before_request hook, registered first, looks at every JSON value (and key), form field and query
-parameter, nested at any depth. A Luhn-valid run of 13-19 digits (spaces or dashes allowed between them,
-alone or inside text) gets 400 `card_number_refused` before any view, log line or database write sees
-it. The answer names the field, never the value; the log line says only that a field was refused.
+A before_request hook, registered first, looks at the URL path (each segment, percent-decoded, once more if
+it still holds a "%"), then every JSON value (and key), form field and query parameter, nested at any depth.
+A Luhn-valid run of 13-19 digits (spaces or dashes allowed between them, alone or inside text) gets 400
+`card_number_refused` before any view, log line or database write sees it. The answer names the field
+(`(the URL path)` for the path), never the value; the log line says only that a field was refused.
+
+A refused path is also rewritten in the request (`request.path` and the WSGI environ's PATH_INFO, RAW_URI
+and REQUEST_URI; the offending segments become "[redacted]") before the refusal is raised, so that nothing
+after the guard sees the number: neither the 404 and error handlers, nor our access line
+(credits.web.request_log, which scrubs digit runs anyway), nor gunicorn's access log, which formats
+PATH_INFO from the same environ dict after the response (as long as no middleware copies the environ).
+Routing has matched the path by then (Flask matches before the first hook), but matching logs nothing.
 
 Not a card number: a run after a "+" (E.164 phone numbers, up to 15 digits, pass Luhn one time in ten).
 Exemptions, on purpose:
@@ -13,6 +21,12 @@ Exemptions, on purpose:
   /api/v1/balance and /api/v1/quote): dialled numbers of up to 20 digits, about one in ten of which passes
   Luhn at 13-19 digits, so a real phone number would be refused. The switch schema accepts only digits with
   an optional `+` there, and the switch is an authenticated machine, not a place where a person types.
+- The call id in the path of the switch API's routes (`/api/v1/calls/<call_id>/update` and `.../complete`):
+  call ids are made by switches and are often numeric (SBCs, CDR systems), one numeric 13-19 digit id in ten
+  passes Luhn, and a refused update or complete would leave a call unbilled. Only the `call_id` of a path
+  that matched one of those routes is exempt: any other segment, and any switch-looking path that matched no
+  route (a 404), is checked. The `call_id` field of a JSON body (authorize, cdrs items) is still checked.
+  The webhook path is not exempt from the path check (`/webhooks/stripe` itself holds no digits).
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ import logging
 import re
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, unquote
 
 from flask import Flask, request
 
@@ -33,6 +48,11 @@ _RUN = re.compile(r"[0-9](?:[ -]?[0-9])*")
 SWITCH_PATHS = ("/api/v1/calls/", "/api/v1/cdrs", "/api/v1/balance", "/api/v1/quote")
 SWITCH_NUMBER_FIELDS = frozenset({"caller", "callee"})
 EXEMPT_PATHS = ("/webhooks/stripe",)
+#: Routes whose path carries a switch's call id (exempt from the path check, see above).
+SWITCH_PATH_RULES = frozenset({"/api/v1/calls/<path:call_id>/update", "/api/v1/calls/<path:call_id>/complete"})
+SWITCH_PATH_ARGS = frozenset({"call_id"})
+PATH_FIELD = "(the URL path)"
+REDACTED_SEGMENT = "[redacted]"
 
 
 class CardNumberRefused(ValidationError):
@@ -124,8 +144,60 @@ def fields_of_request() -> Iterator[tuple[str, str]]:
             yield from _walk(body, "")
 
 
+def _segment_holds_card_number(segment: str) -> bool:
+    if holds_card_number(segment):
+        return True
+    # Still encoded after the server's decoding ("%2520" arrives as "%20"): look at it decoded once more.
+    return "%" in segment and holds_card_number(unquote(segment))
+
+
+def _exempt_path_segments() -> frozenset[str]:
+    """Segments of the current path that are a switch's call id on a route that takes one."""
+    rule = request.url_rule
+    if rule is None or rule.rule not in SWITCH_PATH_RULES or not request.view_args:
+        return frozenset()
+    segments: set[str] = set()
+    for name, value in request.view_args.items():
+        if name in SWITCH_PATH_ARGS:
+            segments.update(str(value).split("/"))
+    return frozenset(segments)
+
+
+def refused_path_segments(path: str) -> list[int]:
+    """Indexes of the segments of `path` (split on "/") that hold a card number, exempt ones left out."""
+    segments = path.split("/")
+    if not any(_segment_holds_card_number(segment) for segment in segments):
+        return []
+    exempt = _exempt_path_segments()
+    return [i for i, segment in enumerate(segments) if segment not in exempt and _segment_holds_card_number(segment)]
+
+
+def _redact_path(refused: list[int]) -> None:
+    """Replace the refused segments in the request and its WSGI environ, for everything after the guard."""
+    segments = request.path.split("/")
+    for i in refused:
+        segments[i] = REDACTED_SEGMENT
+    redacted = "/".join(segments)
+    query = request.environ.get("QUERY_STRING", "")
+    request.path = redacted
+    request.environ["PATH_INFO"] = redacted
+    uri = quote(request.environ.get("SCRIPT_NAME", "") + redacted, safe="/[]") + (f"?{query}" if query else "")
+    for key in ("RAW_URI", "REQUEST_URI"):
+        if key in request.environ:
+            request.environ[key] = uri
+    for cached in ("full_path", "url", "base_url"):
+        request.__dict__.pop(cached, None)  # computed from the old path, if anything read them already
+
+
 def refused_field() -> str | None:
-    """The first field of the current request that holds a card number, or None."""
+    """The first field of the current request that holds a card number, or None.
+
+    A card number in the URL path gives PATH_FIELD, and the path of the request is redacted (see above).
+    """
+    refused = refused_path_segments(request.path)
+    if refused:
+        _redact_path(refused)
+        return PATH_FIELD
     if request.path.startswith(EXEMPT_PATHS):
         return None
     for field, text in fields_of_request():
