@@ -1,12 +1,14 @@
 """Customer web pages (templates/store/): sign-up, email and password links, sign-in with the second factor,
-two-factor set-up, sessions, security settings with the compromise report, the dashboard and buying credit.
+two-factor set-up, sessions, security settings with the compromise report, the dashboard, buying credit, and
+the page an emailed pay link opens to confirm an auto-recharge with the bank.
 
 Each view checks the form's CSRF token, calls one service function and renders; a GET never changes state
 (CHECKLIST K81). Signed-in pages authenticate with the `__Host-session` cookie and expect the session's CSRF
 token in the form field `csrf_token`. Signed-out forms use a double-submit token: a random `__Host-csrf`
 cookie and, in the form, its HMAC under the app's secret key. Bad input re-renders the form with the
 service's message and changes nothing. The buy page's card flow runs in static/buy.js against the JSON API
-(DESIGN §6); no page has an inline script, so the CSP stays strict.
+(DESIGN §6); the pay-link page's 3-D Secure step runs in static/pay.js. No page has an inline script, so the
+CSP stays strict.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from credits import config, money
 from credits.accounts import mfa, sessions, signin
 from credits.accounts import service as accounts
 from credits.accounts.api import RESET_SENT, SIGNUP_BLOCK_COOKIE, SIGNUP_BLOCK_SECONDS, _block_signer, _signup_blocked
-from credits.errors import DomainError, Unauthorized, ValidationError
+from credits.errors import DomainError, NotFound, Unauthorized, ValidationError
+from credits.payments import auto_recharge, notices, provider
+from credits.payments.errors import PaymentError
 from credits.security import service as security
 from credits.store import service
 from credits.web.auth import SAFE_METHODS, clear_session_cookie, session_cookie, set_session_cookie
@@ -353,6 +357,46 @@ def dashboard() -> Response:
 @payment_page
 def buy() -> Response:
     return _render("buy.html", p=service.buy_page(g.user_id), csrf_token=g.session.csrf_token)
+
+
+# ---------------------------------------------------------------- paying an auto-recharge from an emailed link
+
+
+def _pay_page(token: str, *, after_confirm: bool = False) -> Response:
+    """The pay-link page in the state of its purchase, settled with the gateway first.
+
+    The emailed token is the credential, so no sign-in is needed; the page shows the amount and the state of
+    the payment, nothing else of the account. The link is spent once the payment is final.
+    """
+    try:
+        p = auto_recharge.pay_link_purchase(token)
+    except NotFound:
+        return _render("pay.html", 404, state="gone", hours=config.current().pay_link_hours)
+    except PaymentError as exc:  # the gateway could not be asked: the customer may try the link again
+        return _render("message.html", exc.status, title=exc.title, message=exc.message if exc.safe else None)
+    values: dict[str, Any] = {"amount": p.amount, "currency": p.currency}
+    if p.status == "requires_action" and p.client_secret:
+        return _render("pay.html", state="confirm", token=token, client_secret=p.client_secret,
+                       after_confirm=after_confirm, csrf_token=anon_csrf_token(),
+                       stripe_js_url=provider.stripe_js_url(), publishable_key=provider.publishable_key(), **values)
+    if p.status in ("succeeded", "failed"):
+        return _render("pay.html", state=p.status, reason=notices.reason_text(p.failure_code), **values)
+    return _render("pay.html", state="waiting", **values)
+
+
+@bp.get("/pay")
+@payment_page
+def pay_form() -> Response:
+    # Settling with the gateway is all a GET does: it records what the bank already decided, never pays.
+    return _pay_page(request.args.get("token", ""))
+
+
+@bp.post("/pay")
+@payment_page
+def pay() -> Response:
+    """After stripe.confirmCardPayment in the browser (static/pay.js): settle, then show the outcome."""
+    check_anon_csrf()
+    return _pay_page(request.form.get("token", ""), after_confirm=True)
 
 
 # ---------------------------------------------------------------- security settings and the compromise report
