@@ -3,12 +3,13 @@ two-factor set-up, sessions, security settings with the compromise report, the d
 the page an emailed pay link opens to confirm an auto-recharge with the bank.
 
 Each view checks the form's CSRF token, calls one service function and renders; a GET never changes state
-(CHECKLIST K81). Signed-in pages authenticate with the `__Host-session` cookie and expect the session's CSRF
-token in the form field `csrf_token`. Signed-out forms use a double-submit token: a random `__Host-csrf`
-cookie and, in the form, its HMAC under the app's secret key. Bad input re-renders the form with the
-service's message and changes nothing. The buy page's card flow runs in static/buy.js against the JSON API
-(DESIGN §6); the pay-link page's 3-D Secure step runs in static/pay.js. No page has an inline script, so the
-CSP stays strict.
+(CHECKLIST K81), except that opening a pay link records what the payment gateway has already decided (it
+cannot pay anything) and so may spend a link whose payment is final. Signed-in pages authenticate with the
+`__Host-session` cookie and expect the session's CSRF token in the form field `csrf_token`. Signed-out forms
+use a double-submit token: a random `__Host-csrf` cookie and, in the form, its HMAC under the app's secret
+key. Bad input re-renders the form with the service's message and changes nothing. The buy page's card flow
+runs in static/buy.js against the JSON API (DESIGN §6); the pay-link page's 3-D Secure step runs in
+static/pay.js. No page has an inline script, so the CSP stays strict.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def _balance(buyer: Buyer) -> int:
 
 
 def test_a_valid_link_shows_the_amount_and_the_confirm_button_signed_out(client: Any, app: Any, buyer: Buyer,
-                                                                        link: dict[str, Any]):
+                                                                        link: dict[str, Any], database: Any):
+    before = table_snapshot(database)
     r = client.get(f"/pay?token={link['token']}")
     assert r.status_code == 200, r.text
     assert "Confirm your payment" in r.text and "20.00 USD" in r.text
@@ -83,6 +84,8 @@ def test_a_valid_link_shows_the_amount_and_the_confirm_button_signed_out(client:
     # Nothing of the account but the amount: no address, account number, balance or card.
     for private in (buyer.email, buyer.account_number, "4242", "4.00 USD", "Dashboard"):
         assert private not in r.text
+    # While the bank waits, opening the link (or a mail scanner fetching it) changes nothing.
+    assert table_snapshot(database) == before
     assert _status(link["purchase_id"]) == "requires_action"
 
 
