@@ -57,8 +57,16 @@ def register(name: str, fn: JobFn, every_s: int, doc: str) -> None:
     _JOBS[name] = Job(name, fn, every_s, doc)
 
 
+def _check_payment_pages() -> dict[str, Any]:
+    from credits.payments import page_integrity
+
+    return dict(page_integrity.run_job())
+
+
 register("expire-lots", _expire_lots, 300, "move the remaining credit of expired lots to breakage")
 register("sweep-holds", _sweep_holds, 60, "expire holds whose calls outlived their deadline")
+register("check-payment-pages", _check_payment_pages, 3600,
+         "fingerprint the payment pages (scripts, headers, markup); alert once on a change from the baseline")
 
 
 def table() -> dict[str, Job]:

@@ -7,6 +7,7 @@ from credits.db import Base
 from credits.ledger import models as ledger_models  # noqa: F401
 from credits.notify import models as notify_models  # noqa: F401
 from credits.payments import models as payments_models  # noqa: F401
+from credits.payments import page_integrity as page_integrity_models  # noqa: F401
 from credits.rating import models as rating_models  # noqa: F401
 from credits.security import models as security_models  # noqa: F401
 

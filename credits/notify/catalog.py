@@ -44,6 +44,11 @@ CATALOG: dict[str, EmailTemplate] = {t.name: t for t in (
     # link: the page where the customer completes the payment on-session (3-D Secure).
     _T("auto_recharge_action_required", ("at", "amount", "currency", "link"), ("name", "expires_at")),
     _T("expiry_reminder", ("amount", "currency", "expires_at", "days_left"), ("name",)),
+    # To security officers (credits.payments.page_integrity, CHECKLIST I60). The service always passes page,
+    # fingerprint, baseline_fingerprint, changes (list of lines) and accept_command; only `at` is required so
+    # that the template also renders from the keys every template test knows.
+    _T("payment_page_changed", ("at",),
+       ("name", "page", "fingerprint", "baseline_fingerprint", "changes", "accept_command")),
 )}
 
 SECURITY_NOTICES = frozenset(name for name, t in CATALOG.items() if t.security)

@@ -56,6 +56,7 @@ _report = Entry("security", "investigating the customer's report", "legitimate i
                 True, "retain", retain_reason="evidence for fraud and dispute handling")
 
 _PAYMENTS = "taking card payments for credit, refunds and chargebacks"
+_PAGE_INTEGRITY = "detecting unauthorised changes to payment pages (PCI DSS 11.6.1)"
 _payment_record = Entry("payment", _PAYMENTS, "contract", "10 years (accounting)", True, "retain",
                         retain_reason=_MONEY_RETAIN)
 _gateway_id = Entry("payment", _PAYMENTS, "contract", "account lifetime + 10 years", False, "retain", log="masked",
@@ -242,6 +243,13 @@ INVENTORY: dict[str, Entry] = {
     "job_locks.name": _ops(), "job_locks.holder": _ops(), "job_locks.locked_until": _ops(),
     "job_runs.id": _ops(), "job_runs.name": _ops(), "job_runs.holder": _ops(), "job_runs.started_at": _ops(),
     "job_runs.finished_at": _ops(), "job_runs.status": _ops(), "job_runs.result": _ops(),
+    # payment-page change detector (CHECKLIST I60): page paths, fingerprints and the normalised page (no tokens,
+    # no user data: it is the synthetic monitor account's page); who accepted a baseline is a staff user id.
+    **{f"payment_pages.{c}": _ops(_PAGE_INTEGRITY) for c in (
+        "id", "path", "created_at", "current_fingerprint", "last_checked_at", "last_outcome", "last_error",
+        "baseline_fingerprint", "baseline_accepted_at", "baseline_accepted_by", "baseline_reason")},
+    **{f"payment_page_versions.{c}": _ops(_PAGE_INTEGRITY) for c in (
+        "id", "page_id", "fingerprint", "parts", "first_seen_at", "last_seen_at", "alerted_at")},
 }
 
 
