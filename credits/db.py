@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
@@ -67,10 +67,12 @@ class Database:
             else:
                 kwargs["poolclass"] = NullPool
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         self.engine: Engine = create_engine(url, **kwargs)
         if self.engine.dialect.name == "sqlite":
             _sqlite_setup(self.engine)
+        else:
+            _ping_idle_connections(self.engine)
         self.sessionmaker = sessionmaker(bind=self.engine, expire_on_commit=False, autoflush=False)
 
     @property
@@ -97,6 +99,42 @@ def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: A pooled connection unused for longer than this is pinged before it is handed out (see below).
+IDLE_PING_S = 10.0
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Ping a pooled connection at checkout only when it has been idle for IDLE_PING_S or longer.
+
+    SQLAlchemy's pool_pre_ping pings on every checkout: one extra round trip per transaction, a fifth of the
+    switch API's work when it is busy. A connection in steady use was just seen working; one that sat idle
+    (the database may have restarted meanwhile) is checked first, and replaced if the ping fails (raising
+    DisconnectionError makes the pool discard it and connect afresh). A database restart while connections
+    are in steady use fails the requests in flight at that moment; the pool then reconnects.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is not None and time.monotonic() - since < IDLE_PING_S:
+            return
+        try:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+            dbapi_conn.rollback()
+        except Exception as exc:  # the driver's own error type: any failure means "do not use this one"
+            raise DisconnectionError("the pooled connection did not answer a ping") from exc
 
 
 _db: Database | None = None
@@ -175,3 +213,64 @@ def retrying(fn: Any, *args: Any, attempts: int = 5, **kwargs: Any) -> Any:
 def insert_for(dialect: str) -> Any:
     """The dialect's INSERT construct (with on_conflict_do_nothing)."""
     return postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+
+# ---------------------------------------------------------------- raw transactions (PostgreSQL hot paths)
+
+#: Called with the text of each statement a RawTransaction sends (tests count statements with it, as they do
+#: with SQLAlchemy's before_cursor_execute for everything else).
+raw_statement_hooks: list[Callable[[str], None]] = []
+
+
+class RawTransaction:
+    """One transaction on a pooled psycopg connection, for the few PostgreSQL hot paths (the switch API's
+    authorize and complete) whose SQLAlchemy overhead costs more than the database work itself.
+
+    `execute` sends a statement (psycopg placeholders, %(name)s); `pipeline()` batches statements into one
+    round trip (psycopg pipeline mode: they still run one after the other, each seeing what the previous one
+    did). Nothing is committed unless `commit()` is called.
+    """
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        for hook in raw_statement_hooks:
+            hook(sql)
+        return self.conn.execute(sql, params)
+
+    def pipeline(self) -> Any:
+        return self.conn.pipeline()
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+
+@contextmanager
+def raw_transaction(database: Database | None = None, *, autocommit: bool = False) -> Iterator[RawTransaction]:
+    """A RawTransaction on a connection from the engine's pool (PostgreSQL only); rolled back unless committed.
+
+    With `autocommit`, each statement is its own transaction (one round trip for a single read: no BEGIN).
+
+    A connection that failed at the driver level (psycopg.OperationalError: lost, or in a broken state) is
+    invalidated rather than returned to the pool.
+    """
+    import psycopg
+
+    database = database or get()
+    fairy = database.engine.raw_connection()
+    try:
+        conn: Any = fairy.driver_connection
+        if autocommit:
+            conn.autocommit = True
+        try:
+            yield RawTransaction(conn)
+        finally:
+            conn.rollback()
+            if autocommit:
+                conn.autocommit = False
+    except psycopg.OperationalError:
+        fairy.invalidate()
+        raise
+    finally:
+        fairy.close()

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Table, select, update
 
-from credits import clock
+from credits import clock, db
 from credits.accounts.models import ApiKey
 from credits.db import insert_for, unit_of_work
 from credits.errors import Conflict, NotFound, Unauthorized, ValidationError
@@ -114,20 +114,48 @@ def authenticate(presented: str | None, scope: str, remote_addr: str | None) -> 
     if not presented or not presented.startswith(KEY_PREFIX) or len(presented) > 128:
         raise Unauthorized()
     prefix = presented[: len(KEY_PREFIX) + 8]
+    row = _key_row(prefix)
+    if row is None or not hmac.compare_digest(row.key_hash, _digest(presented)):
+        raise Unauthorized()
+    if row.revoked_at is not None or row.scope != scope:
+        raise Unauthorized()
+    if row.allowed_ips:
+        try:
+            addr = ipaddress.ip_address(remote_addr or "")
+        except ValueError as exc:
+            raise Unauthorized() from exc
+        if not any(addr in net for net in _parse_networks(row.allowed_ips)):
+            raise Unauthorized()
+    return ApiKeyView(row.id, row.name, row.prefix, row.scope, row.allowed_ips, row.last_used_at)
+
+
+@dataclass(frozen=True)
+class _KeyRow:
+    id: int
+    name: str
+    prefix: str
+    key_hash: str
+    scope: str
+    allowed_ips: str | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+_KEY_COLUMNS = ("id", "name", "prefix", "key_hash", "scope", "allowed_ips", "revoked_at", "last_used_at")
+_KEY_BY_PREFIX = f"SELECT {', '.join(_KEY_COLUMNS)} FROM api_keys WHERE prefix = %(prefix)s"  # noqa: S608 - fixed
+
+
+def _key_row(prefix: str) -> _KeyRow | None:
+    """The key row with `prefix`, read fresh on every request (a revoked key stops working at once). On
+    PostgreSQL one autocommitted statement on a raw connection: it runs before every switch request."""
+    database = db.get()
+    if database.dialect == "postgresql":
+        with db.raw_transaction(database, autocommit=True) as tx:
+            found = tx.execute(_KEY_BY_PREFIX, {"prefix": prefix}).fetchone()
+        return _KeyRow(*found) if found is not None else None
     with unit_of_work() as uow:
-        row = uow.session.execute(select(K).where(K.c.prefix == prefix)).first()
-        if row is None or not hmac.compare_digest(row.key_hash, _digest(presented)):
-            raise Unauthorized()
-        if row.revoked_at is not None or row.scope != scope:
-            raise Unauthorized()
-        if row.allowed_ips:
-            try:
-                addr = ipaddress.ip_address(remote_addr or "")
-            except ValueError as exc:
-                raise Unauthorized() from exc
-            if not any(addr in net for net in _parse_networks(row.allowed_ips)):
-                raise Unauthorized()
-        return ApiKeyView(row.id, row.name, row.prefix, row.scope, row.allowed_ips, row.last_used_at)
+        row = uow.session.execute(select(*(K.c[name] for name in _KEY_COLUMNS)).where(K.c.prefix == prefix)).first()
+        return _KeyRow(**row._asdict()) if row is not None else None
 
 
 def record_use(key: ApiKeyView) -> None:

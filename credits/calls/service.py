@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from credits import clock, config, crypto, money
 from credits.accounts.models import User
+from credits.calls import fastpath
 from credits.calls.models import DISPOSITIONS, Call, CallerNumber
 from credits.db import insert_for, unit_of_work
 from credits.errors import Conflict, NotFound, ValidationError
@@ -254,6 +255,17 @@ def _check_account(account: object) -> str | None:
     return account
 
 
+def _authorize_fast(call_id: str, caller: str | None, callee: str, account: str | None,
+                    now: datetime) -> AuthorizeResult | None:
+    fast = fastpath.authorize(call_id, caller, callee, account, now)
+    if isinstance(fast, fastpath.Refused):
+        return AuthorizeResult(call_id, False, 0, fast.reason)
+    if fast is None:
+        return None
+    return AuthorizeResult(call_id, True, fast.max_duration_s, None, fast.reserved, fast.currency, fast.rate,
+                           fast.balance, fast.available)
+
+
 def authorize(call_id: str, caller: str | None, callee: str, account: str | None = None) -> AuthorizeResult:
     """Decide whether a call may go ahead and for how long, reserving the credit for that long.
 
@@ -271,6 +283,9 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
         raise ValidationError("give the caller number or the account", field="caller")
     cfg = config.current()
     now = clock.now()
+    answer = _authorize_fast(call_id, caller_n, callee_n, account, now) if fastpath.active() else None
+    if answer is not None:
+        return answer
     with unit_of_work() as uow:
         s = uow.session
         wallet = _find_wallet(s, caller_n, account, lock=True)
@@ -426,6 +441,10 @@ def complete(call_id: str, duration_s: int, disposition: str, *, answered_at: ob
     answered = _parse_time(answered_at, "answered_at")
     ended = _parse_time(ended_at, "ended_at")
     now = clock.now()
+    if fastpath.active():
+        fast = fastpath.complete(call_id, duration_s, disposition, answered, ended, end_reason, now)
+        if fast is not None:
+            return CompleteResult(call_id, fast.charged, fast.billed_s, fast.balance, fast.flagged)
     with unit_of_work() as uow:
         s = uow.session
         wallet, call = _lock_call(s, call_id)

@@ -156,6 +156,12 @@ def prefix_table(session: Session, plan_id: int, version: int) -> PrefixTable:
         return table
 
 
+def cached_prefix_table(plan_id: int, version: int) -> PrefixTable | None:
+    """The plan's prefix table at `version` if this process has it loaded already, else None (reads nothing)."""
+    cached = _cache.get(plan_id)
+    return cached[1] if cached is not None and cached[0] == version else None
+
+
 def clear_cache() -> None:
     """Forget every cached prefix table. The cache trusts (plan id, version) to name one set of rates, which
     holds for the life of a database; a new app (perhaps on another, or an emptied, database) starts afresh."""

@@ -185,8 +185,13 @@ def statements(database: db_mod.Database) -> Iterator[list[str]]:
         if not statement.lstrip().upper().startswith(_NOT_COUNTED):
             seen.append(" ".join(statement.split()))
 
+    def raw(statement: str) -> None:  # the PostgreSQL fast path's statements (credits.db.RawTransaction)
+        before(None, None, statement)
+
     sa.event.listen(database.engine, "before_cursor_execute", before)
+    db_mod.raw_statement_hooks.append(raw)
     try:
         yield seen
     finally:
+        db_mod.raw_statement_hooks.remove(raw)
         sa.event.remove(database.engine, "before_cursor_execute", before)

@@ -1,0 +1,295 @@
+"""PostgreSQL fast path of the switch's two hot requests, authorize and complete: the common case, in two
+round trips each, on a raw psycopg connection (DESIGN §5; the general path is `credits.calls.service`).
+
+Why: a busy switch sends an authorize and a complete for every call, and through the ORM each of them spent
+more CPU building and running statements than the database spent on the work. Here each request is a few
+fixed, server-side prepared statements: the lock and the reads go out together in one pipeline (PostgreSQL
+still runs them one after the other, so the reads see the state after the lock was taken), then one
+statement of data-modifying CTEs does every write, and the commit.
+
+Same rows, same answers as the general path: the integration tests run both (SQLite takes the general path,
+PostgreSQL this one, and `tests/integration/test_switch_fastpath.py` compares them on PostgreSQL). Anything
+out of the common case returns None *before writing*, and the caller takes the general path, which handles
+it: replays, calls already completed or abandoned, expired holds, credit due to expire, wallets with a limit
+of simultaneous calls, a prefix table not yet loaded in this process, free destinations, and any database
+error (the transaction is rolled back first). Refusals are answered here, as the general path would.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from credits import config, crypto
+from credits import db as db_mod
+from credits.ledger.draw import LotState, draw
+from credits.rating import engine
+from credits.rating.engine import Rate
+from credits.rating.service import cached_prefix_table
+
+log = logging.getLogger(__name__)
+
+#: Off: every request takes the general path (tests compare the two on PostgreSQL).
+ENABLED = True
+
+DEFAULT_PLAN = "default"
+
+
+def active() -> bool:
+    return ENABLED and db_mod.get().dialect == "postgresql"
+
+
+# ---------------------------------------------------------------- authorize
+
+_WALLET = """
+SELECT w.id, w.balance, w.held, w.currency, w.next_expiry_at, w.max_concurrent_calls, u.status,
+       p.id AS plan_id, p.version AS plan_version
+FROM wallets w
+JOIN users u ON u.id = w.user_id
+LEFT JOIN rate_plans p ON p.id = w.rate_plan_id
+     OR (w.rate_plan_id IS NULL AND p.name = %(default_plan)s AND p.currency = w.currency)
+WHERE {where}
+FOR UPDATE OF w
+"""
+_WALLET_BY_CALLER = _WALLET.format(
+    where="w.id = (SELECT wallet_id FROM caller_numbers WHERE number_bidx = %(bidx)s)")
+_WALLET_BY_ACCOUNT = _WALLET.format(where="w.account_number = %(account)s")
+#: Sent after the lock in the same pipeline, so that it sees a call committed while the lock was awaited.
+_SEEN = "SELECT EXISTS (SELECT 1 FROM calls WHERE call_id = %(call_id)s)"
+
+_RESERVE = """
+WITH h AS (
+    INSERT INTO holds (wallet_id, key, amount, status, created_at, expires_at, shortfall)
+    VALUES (%(wallet)s, %(key)s, %(amount)s, 'active', %(now)s, %(deadline)s, 0)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id
+), w AS (
+    UPDATE wallets SET held = held + %(amount)s WHERE id = %(wallet)s AND EXISTS (SELECT 1 FROM h)
+), c AS (
+    INSERT INTO calls (call_id, wallet_id, hold_id, source, caller, callee, status, authorized_at, max_duration_s,
+                       reserved, rate_prefix, rate_destination, rate_per_minute, connect_fee, first_increment_s,
+                       next_increment_s, flagged)
+    SELECT %(call_id)s, %(wallet)s, h.id, 'switch', %(caller)s, %(callee)s, 'authorized', %(now)s, %(max_d)s,
+           %(amount)s, %(prefix)s, %(destination)s, %(rate_per_minute)s, %(connect_fee)s, %(first)s, %(next)s,
+           false
+    FROM h
+    ON CONFLICT (call_id) DO NOTHING
+    RETURNING id
+)
+SELECT (SELECT id FROM h) AS hold_id, (SELECT id FROM c) AS call_row
+"""
+
+
+@dataclass(frozen=True)
+class Authorized:
+    max_duration_s: int
+    reserved: int
+    currency: str
+    rate: Rate
+    balance: int
+    available: int
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str
+
+
+_STATUS_REFUSALS = {"closed": "account_closed", "frozen": "account_frozen"}
+
+
+def authorize(call_id: str, caller: str | None, callee: str, account: str | None,
+              now: datetime) -> Authorized | Refused | None:
+    """Decide a call in the common case: a new call_id on a wallet with no limit of simultaneous calls and no
+    credit due to expire, the plan's prefix table loaded. Authorized (credit reserved) or Refused (unknown
+    caller, account frozen or closed, no rate, no credit) as the general path would answer; None when the
+    general path must decide (nothing has been written then)."""
+    import psycopg
+
+    cfg = config.current()
+    params: dict[str, Any] = {"call_id": call_id, "default_plan": DEFAULT_PLAN}
+    if account:
+        sql, params["account"] = _WALLET_BY_ACCOUNT, account
+    else:
+        sql, params["bidx"] = _WALLET_BY_CALLER, crypto.blind_index("phone", caller or "")
+    try:
+        with db_mod.raw_transaction() as tx:
+            with tx.pipeline():
+                found = tx.execute(sql, params)
+                seen_cur = tx.execute(_SEEN, {"call_id": call_id})
+                wallet, seen = found.fetchone(), seen_cur.fetchone()[0]
+            if wallet is None:
+                return Refused("unknown_caller")
+            if seen:
+                return None  # a replay, or a call_id in use: the general path answers it
+            wallet_id, balance, held, currency, next_expiry_at, max_calls, status, plan_id, plan_version = wallet
+            if status in _STATUS_REFUSALS:
+                return Refused(_STATUS_REFUSALS[status])
+            if plan_id is None:
+                return Refused("no_rate")
+            if max_calls or (next_expiry_at is not None and next_expiry_at <= now):
+                return None
+            table = cached_prefix_table(plan_id, plan_version)
+            if table is None:
+                return None
+            rate = table.lookup(callee.lstrip("+"), now.date())
+            if rate is None:
+                return Refused("no_rate")
+            available = balance - held
+            max_d = engine.max_duration(rate, available, cfg.max_call_duration_s)
+            if max_d == 0:
+                return Refused("insufficient_credit")
+            amount = engine.reserve_amount(rate, max_d)
+            if amount <= 0:
+                return None  # a free destination: the general path tracks it with a token hold
+            row = tx.execute(_RESERVE, {
+                "wallet": wallet_id, "key": f"call:{call_id}", "amount": amount, "now": now,
+                "deadline": now + timedelta(seconds=max_d + cfg.hold_grace_s), "call_id": call_id,
+                "caller": caller or "", "callee": callee, "max_d": max_d, "prefix": rate.prefix,
+                "destination": rate.destination, "rate_per_minute": rate.rate_per_minute,
+                "connect_fee": rate.connect_fee, "first": rate.first_increment_s, "next": rate.next_increment_s,
+            }).fetchone()
+            if row is None or row[0] is None or row[1] is None:
+                return None  # a replay or a call_id in use: leaving rolls the hold back
+            tx.commit()
+            return Authorized(max_d, amount, currency, rate, balance, available - amount)
+    except psycopg.Error as exc:
+        log.warning("authorize fast path gave way to the general path: %s", type(exc).__name__)
+        return None
+
+
+# ---------------------------------------------------------------- complete
+
+_LOCK = """
+SELECT id, balance, held, next_expiry_at FROM wallets
+WHERE id = (SELECT wallet_id FROM calls WHERE call_id = %(call_id)s)
+FOR UPDATE
+"""
+_CALL = """
+SELECT c.id, c.status, c.callee, c.flagged, c.flag_reason, c.rate_prefix, c.rate_destination, c.rate_per_minute,
+       c.connect_fee, c.first_increment_s, c.next_increment_s,
+       h.id, h.amount, h.status, h.created_at
+FROM calls c JOIN holds h ON h.id = c.hold_id
+WHERE c.call_id = %(call_id)s
+"""
+_LOTS = """
+SELECT id, source, remaining, expires_at, created_at FROM lots
+WHERE wallet_id = (SELECT wallet_id FROM calls WHERE call_id = %(call_id)s) AND remaining > 0
+"""
+_CALL_DONE = (
+    "call AS (UPDATE calls SET status = 'completed', answered_at = %(answered)s, ended_at = %(ended)s, "
+    "completed_at = %(now)s, duration_s = %(duration)s, billed_s = %(billed)s, cost = %(cost)s, "
+    "charged = %(charged)s, disposition = %(disposition)s, end_reason = %(end_reason)s, flagged = %(flagged)s, "
+    "flag_reason = %(flag_reason)s WHERE id = %(call)s)"
+)
+_RELEASE = (
+    "WITH hold AS (UPDATE holds SET status = 'released', finished_at = %(now)s WHERE id = %(hold)s), "  # noqa: S608
+    + _CALL_DONE
+    + " UPDATE wallets SET held = held - %(reserved)s WHERE id = %(wallet)s"
+)
+_SETTLE: dict[tuple[int, bool], str] = {}
+
+
+def _settle_sql(lots_drawn: int, shortfall: bool) -> str:
+    """The write statement of a charged call for one shape (lots drawn, any shortfall); built once each.
+    Only fixed fragments and numbered placeholders go into the text: every value is bound."""
+    sql = _SETTLE.get((lots_drawn, shortfall))
+    if sql is not None:
+        return sql
+    legs = [f"(CAST(%(wallet)s AS bigint), CAST(%(lot{i})s AS bigint), CAST(NULL AS varchar), "
+            f"-CAST(%(part{i})s AS bigint))" for i in range(lots_drawn)]
+    legs.append("(CAST(NULL AS bigint), CAST(NULL AS bigint), CAST('usage_revenue' AS varchar), "
+                "CAST(%(cost)s AS bigint))")
+    if shortfall:
+        legs.append("(CAST(NULL AS bigint), CAST(NULL AS bigint), CAST('credit_loss' AS varchar), "
+                    "-CAST(%(shortfall)s AS bigint))")
+    ctes = [
+        "tx AS (INSERT INTO journal_transactions (kind, created_at, memo) VALUES ('settle', %(now)s, %(memo)s) "
+        "RETURNING id)",
+        "legs AS (INSERT INTO postings (tx_id, wallet_id, lot_id, system_account, amount) "  # noqa: S608
+        "SELECT tx.id, v.wallet_id, v.lot_id, v.system_account, v.amount FROM tx, (VALUES "
+        + ", ".join(legs) + ") AS v(wallet_id, lot_id, system_account, amount))",
+    ]
+    if lots_drawn:
+        drawn = ", ".join(f"(CAST(%(lot{i})s AS bigint), CAST(%(part{i})s AS bigint))" for i in range(lots_drawn))
+        ctes.append("drawn AS (UPDATE lots SET remaining = lots.remaining - d.part FROM (VALUES "  # noqa: S608
+                    + drawn + ") AS d(id, part) WHERE lots.id = d.id)")
+    ctes.append("hold AS (UPDATE holds SET status = 'settled', finished_at = %(now)s, charged = %(charged)s, "
+                "shortfall = %(shortfall)s, tx_id = (SELECT id FROM tx) WHERE id = %(hold)s)")
+    ctes.append(_CALL_DONE)
+    sql = ("WITH " + ", ".join(ctes) + " UPDATE wallets SET balance = balance - %(charged)s, "  # noqa: S608
+           "held = held - %(reserved)s, next_expiry_at = %(next_expiry)s WHERE id = %(wallet)s")
+    _SETTLE[(lots_drawn, shortfall)] = sql
+    return sql
+
+
+@dataclass(frozen=True)
+class Completed:
+    charged: int
+    billed_s: int
+    balance: int
+    flagged: bool
+
+
+def complete(call_id: str, duration_s: int, disposition: str, answered: datetime | None, ended: datetime | None,
+             end_reason: str | None, now: datetime) -> Completed | None:
+    """Charge a call in progress (authorised, its hold active, no credit due to expire) and store its record;
+    None when the general path must decide (nothing has been written then)."""
+    import psycopg
+
+    key = {"call_id": call_id}
+    try:
+        with db_mod.raw_transaction() as tx:
+            with tx.pipeline():
+                locked = tx.execute(_LOCK, key)
+                called = tx.execute(_CALL, key)
+                lots_cur = tx.execute(_LOTS, key)
+                wallet, call, lot_rows = locked.fetchone(), called.fetchone(), lots_cur.fetchall()
+            if wallet is None or call is None:
+                return None
+            wallet_id, balance, held, next_expiry_at = wallet
+            (row_id, status, callee, flagged, flag_reason, prefix, destination, per_minute, fee, first, nxt,
+             hold_id, hold_amount, hold_status, hold_created_at) = call
+            if status != "authorized" or hold_status != "active":
+                return None
+            if next_expiry_at is not None and next_expiry_at <= now:
+                return None
+            rate = Rate(prefix, destination, per_minute, fee, first, nxt)
+            chargeable = disposition == "answered" and duration_s > 0
+            billed = engine.billed_seconds(duration_s, first, nxt) if chargeable else 0
+            cost = engine.cost(rate, duration_s) if chargeable else 0
+            ended = ended or now
+            if answered is None and chargeable:
+                answered = ended - timedelta(seconds=duration_s)
+            params: dict[str, Any] = {
+                "wallet": wallet_id, "hold": hold_id, "call": row_id, "now": now, "reserved": hold_amount,
+                "answered": answered, "ended": ended, "duration": duration_s, "billed": billed, "cost": cost,
+                "disposition": disposition, "end_reason": end_reason,
+            }
+            if cost == 0:
+                params.update(charged=0, flagged=flagged, flag_reason=flag_reason)
+                tx.execute(_RELEASE, params)
+                tx.commit()
+                return Completed(0, billed, balance, False)
+            lots = [LotState(*lot) for lot in lot_rows]
+            eligible = [lot for lot in lots if lot.expires_at > hold_created_at]
+            coverable = max(0, min(cost, hold_amount + balance - held, sum(lot.remaining for lot in eligible)))
+            shortfall = cost - coverable
+            taken = draw(eligible, coverable)
+            left = dict(taken)
+            remaining_expiries = [lot.expires_at for lot in lots if lot.remaining - left.get(lot.id, 0) > 0]
+            params.update(charged=coverable, shortfall=shortfall, memo=f"call {callee} {billed}s"[:200],
+                          next_expiry=min(remaining_expiries) if remaining_expiries else None,
+                          flagged=bool(shortfall) or flagged,
+                          flag_reason="credit_shortfall" if shortfall else flag_reason)
+            for i, (lot_id, part) in enumerate(taken):
+                params[f"lot{i}"], params[f"part{i}"] = lot_id, part
+            with tx.pipeline():
+                tx.execute(_settle_sql(len(taken), shortfall > 0), params)
+                tx.commit()
+            return Completed(coverable, billed, balance - coverable, bool(shortfall))
+    except psycopg.Error as exc:
+        log.warning("complete fast path gave way to the general path: %s", type(exc).__name__)
+        return None
