@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 
 
 def create_app(cfg: Any = None, **overrides: Any) -> Flask:
@@ -34,6 +35,7 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
     )
+    app.session_interface = _SignedCookieSessionOnDemand()
     app.extensions["credits"] = {"config": settings, "db": database}
     Migrate(directory=str(config.PROJECT_ROOT / "migrations")).init_app(app)
     from credits.web.api import init_api
@@ -70,3 +72,16 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
     # Feature job modules add their jobs to the table (credits.jobs.register) when imported.
     from credits.notify import jobs as _notify_jobs  # noqa: F401
     return app
+
+
+class _SignedCookieSessionOnDemand(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, built only when the request carries its cookie.
+
+    The app keeps its state in its own cookies and tables (`__Host-session`), not in Flask's `session`; a request
+    without Flask's cookie (every API request) gets an empty session without Flask deriving a signing key.
+    """
+
+    def open_session(self, app: Flask, request: Any) -> Any:
+        if app.config["SESSION_COOKIE_NAME"] not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)

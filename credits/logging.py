@@ -67,6 +67,10 @@ _OPAQUE = re.compile(r"(?<![A-Za-z0-9_-])(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A
                      r"(?![A-Za-z0-9_-])")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
+#: Seven digits or more, with at most a few separators between them: the least a phone number of the regions
+#: below can be. Text without such a run is not handed to phonenumbers' matcher (the costly part of a log line).
+_PHONE_CANDIDATE = re.compile(r"\d(?:[ ().\-/]{0,3}\d){6,}")
+
 #: Regions whose national-format numbers (no "+") are recognised; international ones are always found.
 PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "SG")
 
@@ -109,7 +113,7 @@ def scrub(text: str, *, regions: Iterable[str] = PHONE_REGIONS) -> str:
     text = _PREFIXED.sub(REDACTED, text)
     text = _EMAIL.sub("[email]", text)
     text = _CARD.sub("[card]", text)
-    if any(ch.isdigit() for ch in text):
+    if _PHONE_CANDIDATE.search(text):
         text = _cut(text, _phone_spans(text, regions), "[phone]")
     text = _OPAQUE.sub(lambda m: m.group() if _DIGEST.fullmatch(m.group()) else "[token]", text)
     return text

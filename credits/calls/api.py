@@ -11,9 +11,13 @@ from credits import money
 from credits.calls import schemas, service
 from credits.rating.engine import Rate
 from credits.web.auth import require_api_key
+from credits.web.limits import limiter
 
 blp = Blueprint("switch", __name__, url_prefix="/api/v1", description="Switch API (stable contract, version 1)")
 SECURITY: list[dict[str, list[str]]] = [{"switchKey": []}]
+# No rate limits here (an authenticated machine; refusing its requests would cut customers' calls): exempt,
+# its requests skip the limiter's per-request bookkeeping.
+limiter.exempt(blp)
 
 
 def _fresh_rate_cache(_state: Any) -> None:

@@ -78,7 +78,10 @@ WITH h AS (
     ON CONFLICT (call_id) DO NOTHING
     RETURNING id
 )
-SELECT (SELECT id FROM h) AS hold_id, (SELECT id FROM c) AS call_row
+SELECT (SELECT id FROM h) AS hold_id, (SELECT id FROM c) AS call_row,
+       -- An assertion: a hold without its call (the call_id taken meanwhile by a CDR) divides by zero, and
+       -- the error rolls the whole transaction back (the COMMIT is already queued behind this statement).
+       1 / ((SELECT count(*) FROM c) - (SELECT count(*) FROM h) + 1) AS consistent
 """
 
 
@@ -144,16 +147,18 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
             amount = engine.reserve_amount(rate, max_d)
             if amount <= 0:
                 return None  # a free destination: the general path tracks it with a token hold
-            row = tx.execute(_RESERVE, {
-                "wallet": wallet_id, "key": f"call:{call_id}", "amount": amount, "now": now,
-                "deadline": now + timedelta(seconds=max_d + cfg.hold_grace_s), "call_id": call_id,
-                "caller": caller or "", "callee": callee, "max_d": max_d, "prefix": rate.prefix,
-                "destination": rate.destination, "rate_per_minute": rate.rate_per_minute,
-                "connect_fee": rate.connect_fee, "first": rate.first_increment_s, "next": rate.next_increment_s,
-            }).fetchone()
-            if row is None or row[0] is None or row[1] is None:
-                return None  # a replay or a call_id in use: leaving rolls the hold back
-            tx.commit()
+            with tx.pipeline():
+                reserved = tx.execute(_RESERVE, {
+                    "wallet": wallet_id, "key": f"call:{call_id}", "amount": amount, "now": now,
+                    "deadline": now + timedelta(seconds=max_d + cfg.hold_grace_s), "call_id": call_id,
+                    "caller": caller or "", "callee": callee, "max_d": max_d, "prefix": rate.prefix,
+                    "destination": rate.destination, "rate_per_minute": rate.rate_per_minute,
+                    "connect_fee": rate.connect_fee, "first": rate.first_increment_s, "next": rate.next_increment_s,
+                })
+                tx.commit()
+                row = reserved.fetchone()
+            if row is None or row[0] is None:
+                return None  # the hold key was taken meanwhile (a replay): nothing was written
             return Authorized(max_d, amount, currency, rate, balance, available - amount)
     except psycopg.Error as exc:
         log.warning("authorize fast path gave way to the general path: %s", type(exc).__name__)
