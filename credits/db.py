@@ -6,6 +6,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
@@ -246,6 +247,26 @@ class RawTransaction:
         self.conn.commit()
 
 
+_sticky: ContextVar[list[Any] | None] = ContextVar("credits_db_sticky", default=None)
+
+
+@contextmanager
+def sticky_raw_connection() -> Iterator[None]:
+    """Within the block, every raw_transaction() of this thread uses the same pooled connection, checked out
+    at its first use and returned at the end (a switch request: the key check, then the work)."""
+    if _sticky.get() is not None:
+        yield
+        return
+    held: list[Any] = []
+    token = _sticky.set(held)
+    try:
+        yield
+    finally:
+        _sticky.reset(token)
+        for fairy in held:
+            fairy.close()
+
+
 @contextmanager
 def raw_transaction(database: Database | None = None, *, autocommit: bool = False) -> Iterator[RawTransaction]:
     """A RawTransaction on a connection from the engine's pool (PostgreSQL only); rolled back unless committed.
@@ -258,7 +279,13 @@ def raw_transaction(database: Database | None = None, *, autocommit: bool = Fals
     import psycopg
 
     database = database or get()
-    fairy = database.engine.raw_connection()
+    held = _sticky.get()
+    if held:
+        fairy = held[0]
+    else:
+        fairy = database.engine.raw_connection()
+        if held is not None:
+            held.append(fairy)
     try:
         conn: Any = fairy.driver_connection
         if autocommit:
@@ -271,6 +298,10 @@ def raw_transaction(database: Database | None = None, *, autocommit: bool = Fals
                 conn.autocommit = False
     except psycopg.OperationalError:
         fairy.invalidate()
+        if held:
+            held.remove(fairy)
+            fairy.close()
         raise
     finally:
-        fairy.close()
+        if held is None:
+            fairy.close()

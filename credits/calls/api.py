@@ -13,6 +13,8 @@ from credits.rating.engine import Rate
 from credits.web.auth import require_api_key
 from credits.web.limits import limiter
 
+# Request schemas are given as instances, built once: given a class, webargs builds a new schema on every
+# request (the switch API's requests are the busiest of the service).
 blp = Blueprint("switch", __name__, url_prefix="/api/v1", description="Switch API (stable contract, version 1)")
 SECURITY: list[dict[str, list[str]]] = [{"switchKey": []}]
 # No rate limits here (an authenticated machine; refusing its requests would cut customers' calls): exempt,
@@ -53,7 +55,7 @@ def authorize_body(r: service.AuthorizeResult) -> dict[str, Any]:
 
 @blp.route("/calls/authorize", methods=["POST"])
 @require_api_key("switch")
-@blp.arguments(schemas.AuthorizeIn)
+@blp.arguments(schemas.AuthorizeIn())
 @blp.response(200, schemas.AuthorizeOut)
 @blp.doc(security=SECURITY)
 def authorize(body: dict[str, Any]) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def authorize(body: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/calls/<path:call_id>/update", methods=["POST"])
 @require_api_key("switch")
-@blp.arguments(schemas.UpdateIn)
+@blp.arguments(schemas.UpdateIn())
 @blp.response(200, schemas.UpdateOut)
 @blp.doc(security=SECURITY)
 def update(body: dict[str, Any], call_id: str) -> dict[str, Any]:
@@ -74,7 +76,7 @@ def update(body: dict[str, Any], call_id: str) -> dict[str, Any]:
 
 @blp.route("/calls/<path:call_id>/complete", methods=["POST"])
 @require_api_key("switch")
-@blp.arguments(schemas.CompleteIn)
+@blp.arguments(schemas.CompleteIn())
 @blp.response(200, schemas.CompleteOut)
 @blp.doc(security=SECURITY)
 def complete(body: dict[str, Any], call_id: str) -> dict[str, Any]:
@@ -87,7 +89,7 @@ def complete(body: dict[str, Any], call_id: str) -> dict[str, Any]:
 
 @blp.route("/cdrs", methods=["POST"])
 @require_api_key("switch")
-@blp.arguments(schemas.CdrsIn)
+@blp.arguments(schemas.CdrsIn())
 @blp.response(200, schemas.CdrsOut)
 @blp.doc(security=SECURITY)
 def cdrs(body: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +101,7 @@ def cdrs(body: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/balance", methods=["GET"])
 @require_api_key("switch")
-@blp.arguments(schemas.WhoQuery, location="query", unknown=RAISE)
+@blp.arguments(schemas.WhoQuery(), location="query", unknown=RAISE)
 @blp.response(200, schemas.BalanceOut)
 @blp.doc(security=SECURITY)
 def balance(args: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +114,7 @@ def balance(args: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/quote", methods=["GET"])
 @require_api_key("switch")
-@blp.arguments(schemas.QuoteQuery, location="query", unknown=RAISE)
+@blp.arguments(schemas.QuoteQuery(), location="query", unknown=RAISE)
 @blp.response(200, schemas.QuoteOut)
 @blp.doc(security=SECURITY)
 def quote(args: dict[str, Any]) -> dict[str, Any]:

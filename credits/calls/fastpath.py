@@ -56,7 +56,9 @@ FOR UPDATE OF w
 _WALLET_BY_CALLER = _WALLET.format(
     where="w.id = (SELECT wallet_id FROM caller_numbers WHERE number_bidx = %(bidx)s)")
 _WALLET_BY_ACCOUNT = _WALLET.format(where="w.account_number = %(account)s")
-#: Sent after the lock in the same pipeline, so that it sees a call committed while the lock was awaited.
+#: Before a refusal, after the lock (so that it sees a call committed while the lock was awaited): a call_id
+#: seen before is answered by the general path. A new call needs no such check: its hold's key is unique
+#: (a replay inserts nothing), and a call_id taken by a CDR trips the assertion in _RESERVE.
 _SEEN = "SELECT EXISTS (SELECT 1 FROM calls WHERE call_id = %(call_id)s)"
 
 _RESERVE = """
@@ -120,18 +122,20 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
     try:
         with db_mod.raw_transaction() as tx:
             with tx.pipeline():
-                found = tx.execute(sql, params)
-                seen_cur = tx.execute(_SEEN, {"call_id": call_id})
-                wallet, seen = found.fetchone(), seen_cur.fetchone()[0]
+                wallet = tx.execute(sql, params).fetchone()
             if wallet is None:
                 return Refused("unknown_caller")
-            if seen:
-                return None  # a replay, or a call_id in use: the general path answers it
+
+            def refuse(reason: str) -> Refused | None:
+                # As the general path: a call_id seen before is answered as it was the first time (it decides).
+                seen = tx.execute(_SEEN, {"call_id": call_id}).fetchone()[0]
+                return None if seen else Refused(reason)
+
             wallet_id, balance, held, currency, next_expiry_at, max_calls, status, plan_id, plan_version = wallet
             if status in _STATUS_REFUSALS:
-                return Refused(_STATUS_REFUSALS[status])
+                return refuse(_STATUS_REFUSALS[status])
             if plan_id is None:
-                return Refused("no_rate")
+                return refuse("no_rate")
             if max_calls or (next_expiry_at is not None and next_expiry_at <= now):
                 return None
             table = cached_prefix_table(plan_id, plan_version)
@@ -139,11 +143,11 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
                 return None
             rate = table.lookup(callee.lstrip("+"), now.date())
             if rate is None:
-                return Refused("no_rate")
+                return refuse("no_rate")
             available = balance - held
             max_d = engine.max_duration(rate, available, cfg.max_call_duration_s)
             if max_d == 0:
-                return Refused("insufficient_credit")
+                return refuse("insufficient_credit")
             amount = engine.reserve_amount(rate, max_d)
             if amount <= 0:
                 return None  # a free destination: the general path tracks it with a token hold
@@ -158,7 +162,7 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
                 tx.commit()
                 row = reserved.fetchone()
             if row is None or row[0] is None:
-                return None  # the hold key was taken meanwhile (a replay): nothing was written
+                return None  # a replay (the hold's key exists): nothing was written, the general path answers
             return Authorized(max_d, amount, currency, rate, balance, available - amount)
     except psycopg.Error as exc:
         log.warning("authorize fast path gave way to the general path: %s", type(exc).__name__)
@@ -172,17 +176,21 @@ SELECT id, balance, held, next_expiry_at FROM wallets
 WHERE id = (SELECT wallet_id FROM calls WHERE call_id = %(call_id)s)
 FOR UPDATE
 """
+#: The call, its hold and its wallet's open lots (as JSON: one statement instead of two).
 _CALL = """
 SELECT c.id, c.status, c.callee, c.flagged, c.flag_reason, c.rate_prefix, c.rate_destination, c.rate_per_minute,
        c.connect_fee, c.first_increment_s, c.next_increment_s,
-       h.id, h.amount, h.status, h.created_at
+       h.id, h.amount, h.status, h.created_at,
+       (SELECT json_agg(json_build_array(l.id, l.source, l.remaining, l.expires_at, l.created_at))
+        FROM lots l WHERE l.wallet_id = c.wallet_id AND l.remaining > 0) AS lots
 FROM calls c JOIN holds h ON h.id = c.hold_id
 WHERE c.call_id = %(call_id)s
 """
-_LOTS = """
-SELECT id, source, remaining, expires_at, created_at FROM lots
-WHERE wallet_id = (SELECT wallet_id FROM calls WHERE call_id = %(call_id)s) AND remaining > 0
-"""
+
+
+def _lot(item: list[Any]) -> LotState:
+    lot_id, source, remaining, expires_at, created_at = item
+    return LotState(lot_id, source, remaining, datetime.fromisoformat(expires_at), datetime.fromisoformat(created_at))
 _CALL_DONE = (
     "call AS (UPDATE calls SET status = 'completed', answered_at = %(answered)s, ended_at = %(ended)s, "
     "completed_at = %(now)s, duration_s = %(duration)s, billed_s = %(billed)s, cost = %(cost)s, "
@@ -250,13 +258,12 @@ def complete(call_id: str, duration_s: int, disposition: str, answered: datetime
             with tx.pipeline():
                 locked = tx.execute(_LOCK, key)
                 called = tx.execute(_CALL, key)
-                lots_cur = tx.execute(_LOTS, key)
-                wallet, call, lot_rows = locked.fetchone(), called.fetchone(), lots_cur.fetchall()
+                wallet, call = locked.fetchone(), called.fetchone()
             if wallet is None or call is None:
                 return None
             wallet_id, balance, held, next_expiry_at = wallet
             (row_id, status, callee, flagged, flag_reason, prefix, destination, per_minute, fee, first, nxt,
-             hold_id, hold_amount, hold_status, hold_created_at) = call
+             hold_id, hold_amount, hold_status, hold_created_at, lot_rows) = call
             if status != "authorized" or hold_status != "active":
                 return None
             if next_expiry_at is not None and next_expiry_at <= now:
@@ -278,7 +285,7 @@ def complete(call_id: str, duration_s: int, disposition: str, answered: datetime
                 tx.execute(_RELEASE, params)
                 tx.commit()
                 return Completed(0, billed, balance, False)
-            lots = [LotState(*lot) for lot in lot_rows]
+            lots = [_lot(item) for item in lot_rows or ()]
             eligible = [lot for lot in lots if lot.expires_at > hold_created_at]
             coverable = max(0, min(cost, hold_amount + balance - held, sum(lot.remaining for lot in eligible)))
             shortfall = cost - coverable

@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 
 from flask import Response, g, request
 
+from credits import db
 from credits.accounts import apikeys, permissions, sessions
 from credits.errors import DomainError, Forbidden, Unauthorized
 
@@ -34,9 +35,10 @@ def require_api_key(scope: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            key = apikeys.authenticate(bearer_token(), scope, request.remote_addr)
-            g.api_key = key
-            response = view(*args, **kwargs)
+            with db.sticky_raw_connection():  # the key check and the work share one pooled connection
+                key = apikeys.authenticate(bearer_token(), scope, request.remote_addr)
+                g.api_key = key
+                response = view(*args, **kwargs)
             # Only once served: a request refused as malformed (400/404/409) writes nothing, not even this.
             apikeys.record_use(key)
             return response

@@ -133,6 +133,26 @@ def account_hit(setting: str, kind: str, key: str) -> None:
     _fail(setting, kind, key)
 
 
+#: Blueprints without any limit, whose requests skip the limiter's before_request check altogether (exempting
+#: them is not enough: the limiter still resolves the limits of every request). The switch API: an
+#: authenticated machine on the hot path of every call, where refusing a request would cut a customer's call.
+UNLIMITED_BLUEPRINTS = frozenset({"switch"})
+
+
+def _skip_unlimited_blueprints(app: Flask) -> None:
+    hooks = app.before_request_funcs.setdefault(None, [])
+    check = limiter._check_request_limit  # noqa: SLF001 - the hook init_app installed
+    if check not in hooks:
+        return
+    position = hooks.index(check)
+
+    def _check_limits() -> None:
+        if request.blueprint not in UNLIMITED_BLUEPRINTS:
+            check()
+
+    hooks[position] = _check_limits
+
+
 def init_app(app: Flask, settings: config.Config) -> None:
     """Bind the limiter to `app`: Redis storage when configured, memory otherwise; 429 as problem+json."""
     from credits.web.errors import problem
@@ -148,6 +168,7 @@ def init_app(app: Flask, settings: config.Config) -> None:
     app.config["RATELIMIT_STORAGE_URI"] = settings.redis_url or "memory://"
     app.config.setdefault("RATELIMIT_ENABLED", True)
     limiter.init_app(app)
+    _skip_unlimited_blueprints(app)
 
     @app.errorhandler(TooManyAttempts)
     def _too_many(exc: TooManyAttempts) -> Response:

@@ -12,6 +12,9 @@ from credits.web.errors import request_id
 
 log = logging.getLogger("credits.request")
 
+#: Blueprints whose access lines show the route rather than the path (see `_access`).
+ROUTE_ONLY_BLUEPRINTS = frozenset({"switch"})
+
 
 def register(app: Flask) -> None:
     """Bind the request id to the logging context and log method, path (no query), status and duration."""
@@ -25,10 +28,13 @@ def register(app: Flask) -> None:
     def _access(resp: Response) -> Response:
         started = getattr(g, "started", None)
         elapsed = round((time.perf_counter() - started) * 1000, 1) if started is not None else None
-        # The query string is left out: it is where tokens in links travel.
-        log.info("%s %s %s", request.method, request.path, resp.status_code,
-                 extra={"method": request.method, "path": request.path, "status": resp.status_code,
-                        "duration_ms": elapsed})
+        # The query string is left out: it is where tokens in links travel. The switch API's lines name the route
+        # (/api/v1/calls/<call_id>/complete), not the call: a call id is traffic data, kept with the call record
+        # under its own retention, not in logs.
+        rule = request.url_rule
+        path = rule.rule if rule is not None and request.blueprint in ROUTE_ONLY_BLUEPRINTS else request.path
+        log.info("%s %s %s", request.method, path, resp.status_code,
+                 extra={"method": request.method, "path": path, "status": resp.status_code, "duration_ms": elapsed})
         return resp
 
     @app.teardown_request

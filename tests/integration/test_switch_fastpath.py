@@ -146,15 +146,14 @@ def test_out_of_the_common_case_the_general_path_decides(callers, clock):
     assert_audit_clean()
 
 
-def test_a_call_id_taken_between_the_check_and_the_write_rolls_everything_back(callers, monkeypatch, caplog):
-    """Fault injection: the fast path's check that the call_id is new is made to say so although it is not,
-    as if a CDR had taken the call_id at that moment. The in-SQL assertion must stop the hold being kept
-    without its call (the COMMIT is already queued behind the write)."""
+def test_a_call_id_taken_by_a_cdr_trips_the_assertion_and_rolls_everything_back(callers, caplog):
+    """A new call is not looked up before its hold is written (its unique hold key catches replays); a call_id
+    taken by a CDR is caught by the in-SQL assertion of the write, whose error must roll back the hold and the
+    credit it held although the COMMIT was already queued behind it. The general path then refuses it."""
     caller = callers(credit=10 * USD)
     calls.import_cdrs([{"call_id": "taken", "caller": caller.phone, "callee": SG_CALLEE, "duration_s": 30,
                         "answered_at": "2026-11-23T10:00:00Z"}])
     before = caller.wallet()
-    monkeypatch.setattr(fastpath, "_SEEN", "SELECT CAST(%(call_id)s AS text) IS NULL")
     assert fastpath.authorize("taken", caller.phone, SG_CALLEE, None, before_now()) is None
     assert "DivisionByZero" in caplog.text  # the assertion fired (not some other reason to give way)
     after = caller.wallet()
