@@ -24,7 +24,8 @@ from typing import Any
 
 from credits import config, crypto
 from credits import db as db_mod
-from credits.ledger.draw import LotState, draw
+from credits.ledger import fastpath as ledger_fastpath
+from credits.ledger.draw import draw
 from credits.rating import engine
 from credits.rating.engine import Rate
 from credits.rating.service import cached_prefix_table
@@ -187,10 +188,6 @@ FROM calls c JOIN holds h ON h.id = c.hold_id
 WHERE c.call_id = %(call_id)s
 """
 
-
-def _lot(item: list[Any]) -> LotState:
-    lot_id, source, remaining, expires_at, created_at = item
-    return LotState(lot_id, source, remaining, datetime.fromisoformat(expires_at), datetime.fromisoformat(created_at))
 _CALL_DONE = (
     "call AS (UPDATE calls SET status = 'completed', answered_at = %(answered)s, ended_at = %(ended)s, "
     "completed_at = %(now)s, duration_s = %(duration)s, billed_s = %(billed)s, cost = %(cost)s, "
@@ -202,42 +199,6 @@ _RELEASE = (
     + _CALL_DONE
     + " UPDATE wallets SET held = held - %(reserved)s WHERE id = %(wallet)s"
 )
-_SETTLE: dict[tuple[int, bool], str] = {}
-
-
-def _settle_sql(lots_drawn: int, shortfall: bool) -> str:
-    """The write statement of a charged call for one shape (lots drawn, any shortfall); built once each.
-    Only fixed fragments and numbered placeholders go into the text: every value is bound."""
-    sql = _SETTLE.get((lots_drawn, shortfall))
-    if sql is not None:
-        return sql
-    legs = [f"(CAST(%(wallet)s AS bigint), CAST(%(lot{i})s AS bigint), CAST(NULL AS varchar), "
-            f"-CAST(%(part{i})s AS bigint))" for i in range(lots_drawn)]
-    legs.append("(CAST(NULL AS bigint), CAST(NULL AS bigint), CAST('usage_revenue' AS varchar), "
-                "CAST(%(cost)s AS bigint))")
-    if shortfall:
-        legs.append("(CAST(NULL AS bigint), CAST(NULL AS bigint), CAST('credit_loss' AS varchar), "
-                    "-CAST(%(shortfall)s AS bigint))")
-    ctes = [
-        "tx AS (INSERT INTO journal_transactions (kind, created_at, memo) VALUES ('settle', %(now)s, %(memo)s) "
-        "RETURNING id)",
-        "legs AS (INSERT INTO postings (tx_id, wallet_id, lot_id, system_account, amount) "  # noqa: S608
-        "SELECT tx.id, v.wallet_id, v.lot_id, v.system_account, v.amount FROM tx, (VALUES "
-        + ", ".join(legs) + ") AS v(wallet_id, lot_id, system_account, amount))",
-    ]
-    if lots_drawn:
-        drawn = ", ".join(f"(CAST(%(lot{i})s AS bigint), CAST(%(part{i})s AS bigint))" for i in range(lots_drawn))
-        ctes.append("drawn AS (UPDATE lots SET remaining = lots.remaining - d.part FROM (VALUES "  # noqa: S608
-                    + drawn + ") AS d(id, part) WHERE lots.id = d.id)")
-    ctes.append("hold AS (UPDATE holds SET status = 'settled', finished_at = %(now)s, charged = %(charged)s, "
-                "shortfall = %(shortfall)s, tx_id = (SELECT id FROM tx) WHERE id = %(hold)s)")
-    ctes.append(_CALL_DONE)
-    sql = ("WITH " + ", ".join(ctes) + " UPDATE wallets SET balance = balance - %(charged)s, "  # noqa: S608
-           "held = held - %(reserved)s, next_expiry_at = %(next_expiry)s WHERE id = %(wallet)s")
-    _SETTLE[(lots_drawn, shortfall)] = sql
-    return sql
-
-
 @dataclass(frozen=True)
 class Completed:
     charged: int
@@ -285,21 +246,19 @@ def complete(call_id: str, duration_s: int, disposition: str, answered: datetime
                 tx.execute(_RELEASE, params)
                 tx.commit()
                 return Completed(0, billed, balance, False)
-            lots = [_lot(item) for item in lot_rows or ()]
+            lots = [ledger_fastpath.lot_from_json(item) for item in lot_rows or ()]
             eligible = [lot for lot in lots if lot.expires_at > hold_created_at]
             coverable = max(0, min(cost, hold_amount + balance - held, sum(lot.remaining for lot in eligible)))
             shortfall = cost - coverable
             taken = draw(eligible, coverable)
-            left = dict(taken)
-            remaining_expiries = [lot.expires_at for lot in lots if lot.remaining - left.get(lot.id, 0) > 0]
             params.update(charged=coverable, shortfall=shortfall, memo=f"call {callee} {billed}s"[:200],
-                          next_expiry=min(remaining_expiries) if remaining_expiries else None,
+                          revenue=cost, next_expiry=ledger_fastpath.next_expiry(lots, taken),
                           flagged=bool(shortfall) or flagged,
                           flag_reason="credit_shortfall" if shortfall else flag_reason)
             for i, (lot_id, part) in enumerate(taken):
                 params[f"lot{i}"], params[f"part{i}"] = lot_id, part
             with tx.pipeline():
-                tx.execute(_settle_sql(len(taken), shortfall > 0), params)
+                tx.execute(ledger_fastpath.settle_writes_sql(len(taken), shortfall > 0, (_CALL_DONE,)), params)
                 tx.commit()
             return Completed(coverable, billed, balance - coverable, bool(shortfall))
     except psycopg.Error as exc:

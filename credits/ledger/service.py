@@ -32,6 +32,7 @@ from credits.errors import (
     NotFound,
     ValidationError,
 )
+from credits.ledger import fastpath
 from credits.ledger.draw import HoldState, LotState, draw, protected_by_holds
 from credits.ledger.models import (
     Hold,
@@ -549,6 +550,16 @@ def reserve(account: str | int, key: str, amount: int, *, ttl_s: int = 7200) -> 
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s < 1:
         raise ValidationError("a hold's lifetime is a positive number of seconds", field="ttl_s")
     now = clock.now()
+    expires_at = now + timedelta(seconds=ttl_s)
+    by_id_or_number = (isinstance(account, int) and not isinstance(account, bool)) or (
+        isinstance(account, str) and "@" not in account)
+    if fastpath.active() and isinstance(key, str) and by_id_or_number:
+        money.check_amount(amount)
+        _check_key(key)
+        fast = fastpath.reserve(account.strip() if isinstance(account, str) else account, key, amount, now,
+                                expires_at)
+        if fast is not None:
+            return HoldView(fast[0], fast[1], key, amount, "active", now, expires_at, None, 0)
     with unit_of_work() as uow:
         wallet_id = account if isinstance(account, int) else _resolve_wallet(uow.session, account).id
         view = _reserve(uow.session, wallet_id, key, amount, now, now + timedelta(seconds=ttl_s))
@@ -685,8 +696,15 @@ def settle(key: str, amount: int, *, memo: str = "") -> HoldView:
     A replay with the same amount returns the first result (`created` False); a different amount raises
     IdempotencyConflict; a released hold raises Conflict; an unknown key NotFound.
     """
+    now = clock.now()
+    if (fastpath.active() and isinstance(key, str) and 1 <= len(key) <= KEY_MAX and not isinstance(amount, bool)
+            and isinstance(amount, int) and 0 <= amount <= money.MAX_AMOUNT):
+        fast = fastpath.settle(key, amount, now, memo or f"charge {key}")
+        if fast is not None:
+            hold_id, wallet_id, hold_amount, created_at, expires_at, charged, shortfall = fast
+            return HoldView(hold_id, wallet_id, key, hold_amount, "settled", created_at, expires_at, charged, shortfall)
     with unit_of_work() as uow:
-        view = _settle(uow.session, key, amount, clock.now(), memo=memo)
+        view = _settle(uow.session, key, amount, now, memo=memo)
         uow.commit()
         return view
 

@@ -27,10 +27,15 @@ def counting() -> Iterator[list[str]]:
         if not statement.lstrip().upper().startswith(TRANSACTION_CONTROL):
             statements.append(statement)
 
+    def raw(statement: str) -> None:  # the PostgreSQL fast path's statements (credits.db.RawTransaction)
+        before(None, None, statement, None, None, False)
+
     event.listen(engine, "before_cursor_execute", before)
+    db.raw_statement_hooks.append(raw)
     try:
         yield statements
     finally:
+        db.raw_statement_hooks.remove(raw)
         event.remove(engine, "before_cursor_execute", before)
 
 
