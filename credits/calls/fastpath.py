@@ -1,11 +1,11 @@
-"""PostgreSQL fast path of the switch's two hot requests, authorize and complete: the common case, in two
+"""PostgreSQL fast path of the switch's two hot requests, authorize and complete: the common case, in a few
 round trips each, on a raw psycopg connection (DESIGN §5; the general path is `credits.calls.service`).
 
 Why: a busy switch sends an authorize and a complete for every call, and through the ORM each of them spent
 more CPU building and running statements than the database spent on the work. Here each request is a few
-fixed, server-side prepared statements: the lock and the reads go out together in one pipeline (PostgreSQL
-still runs them one after the other, so the reads see the state after the lock was taken), then one
-statement of data-modifying CTEs does every write, and the commit.
+fixed, server-side prepared statements on one connection: lock the wallet, read what the decision needs (after
+the lock, so it sees the wallet as it is now), one statement of data-modifying CTEs for every write, COMMIT.
+(Plain round trips: psycopg's pipeline mode would save two of them but costs more client CPU than they do.)
 
 Same rows, same answers as the general path: the integration tests run both (SQLite takes the general path,
 PostgreSQL this one, and `tests/integration/test_switch_fastpath.py` compares them on PostgreSQL). Anything
@@ -82,8 +82,8 @@ WITH h AS (
     RETURNING id
 )
 SELECT (SELECT id FROM h) AS hold_id, (SELECT id FROM c) AS call_row,
-       -- An assertion: a hold without its call (the call_id taken meanwhile by a CDR) divides by zero, and
-       -- the error rolls the whole transaction back (the COMMIT is already queued behind this statement).
+       -- An assertion: a hold without its call (the call_id taken by a CDR) divides by zero, and the error
+       -- rolls the whole transaction back.
        1 / ((SELECT count(*) FROM c) - (SELECT count(*) FROM h) + 1) AS consistent
 """
 
@@ -122,8 +122,7 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
         sql, params["bidx"] = _WALLET_BY_CALLER, crypto.blind_index("phone", caller or "")
     try:
         with db_mod.raw_transaction() as tx:
-            with tx.pipeline():
-                wallet = tx.execute(sql, params).fetchone()
+            wallet = tx.execute(sql, params).fetchone()
             if wallet is None:
                 return Refused("unknown_caller")
 
@@ -152,16 +151,14 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
             amount = engine.reserve_amount(rate, max_d)
             if amount <= 0:
                 return None  # a free destination: the general path tracks it with a token hold
-            with tx.pipeline():
-                reserved = tx.execute(_RESERVE, {
-                    "wallet": wallet_id, "key": f"call:{call_id}", "amount": amount, "now": now,
-                    "deadline": now + timedelta(seconds=max_d + cfg.hold_grace_s), "call_id": call_id,
-                    "caller": caller or "", "callee": callee, "max_d": max_d, "prefix": rate.prefix,
-                    "destination": rate.destination, "rate_per_minute": rate.rate_per_minute,
-                    "connect_fee": rate.connect_fee, "first": rate.first_increment_s, "next": rate.next_increment_s,
-                })
-                tx.commit()
-                row = reserved.fetchone()
+            row = tx.execute(_RESERVE, {
+                "wallet": wallet_id, "key": f"call:{call_id}", "amount": amount, "now": now,
+                "deadline": now + timedelta(seconds=max_d + cfg.hold_grace_s), "call_id": call_id,
+                "caller": caller or "", "callee": callee, "max_d": max_d, "prefix": rate.prefix,
+                "destination": rate.destination, "rate_per_minute": rate.rate_per_minute,
+                "connect_fee": rate.connect_fee, "first": rate.first_increment_s, "next": rate.next_increment_s,
+            }).fetchone()
+            tx.commit()
             if row is None or row[0] is None:
                 return None  # a replay (the hold's key exists): nothing was written, the general path answers
             return Authorized(max_d, amount, currency, rate, balance, available - amount)
@@ -216,10 +213,8 @@ def complete(call_id: str, duration_s: int, disposition: str, answered: datetime
     key = {"call_id": call_id}
     try:
         with db_mod.raw_transaction() as tx:
-            with tx.pipeline():
-                locked = tx.execute(_LOCK, key)
-                called = tx.execute(_CALL, key)
-                wallet, call = locked.fetchone(), called.fetchone()
+            wallet = tx.execute(_LOCK, key).fetchone()
+            call = tx.execute(_CALL, key).fetchone() if wallet is not None else None
             if wallet is None or call is None:
                 return None
             wallet_id, balance, held, next_expiry_at = wallet
@@ -257,9 +252,8 @@ def complete(call_id: str, duration_s: int, disposition: str, answered: datetime
                           flag_reason="credit_shortfall" if shortfall else flag_reason)
             for i, (lot_id, part) in enumerate(taken):
                 params[f"lot{i}"], params[f"part{i}"] = lot_id, part
-            with tx.pipeline():
-                tx.execute(ledger_fastpath.settle_writes_sql(len(taken), shortfall > 0, (_CALL_DONE,)), params)
-                tx.commit()
+            tx.execute(ledger_fastpath.settle_writes_sql(len(taken), shortfall > 0, (_CALL_DONE,)), params)
+            tx.commit()
             return Completed(coverable, billed, balance - coverable, bool(shortfall))
     except psycopg.Error as exc:
         log.warning("complete fast path gave way to the general path: %s", type(exc).__name__)

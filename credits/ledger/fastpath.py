@@ -2,10 +2,11 @@
 
 `service.reserve` and `service.settle` are what a switch integration calls per call (DESIGN §3); through the
 ORM each spent more CPU building statements than PostgreSQL spent running them. Here:
-- reserve is ONE round trip: BEGIN, one statement (take the credit if available and no credit is due to
-  expire, insert the hold) and COMMIT, pipelined;
-- settle is two: BEGIN, lock the hold and its wallet, read the open lots (pipelined; the read runs after the
-  lock, so it sees the wallet as it is now), then one statement of data-modifying CTEs and COMMIT.
+- reserve is ONE round trip: one autocommitted statement (take the credit if available and no credit is
+  due to expire, insert the hold);
+- settle is: lock the hold and its wallet, read the open lots (after the lock, so it sees the wallet as it is
+  now), one statement of data-modifying CTEs, COMMIT. Plain round trips: psycopg's pipeline mode saves two
+  of them but costs more client CPU than they do (measured with scripts/bench_ledger.py).
 
 Same rows and answers as the general path (tests/integration/test_ledger_fastpath.py compares them). Anything
 else returns None having written nothing, and the caller takes the general path: replays, holds already
@@ -103,8 +104,7 @@ WITH took AS (
 )
 SELECT (SELECT id FROM hold), (SELECT wallet_id FROM hold),
        -- An assertion: credit taken without its hold (the same key reserved at this very moment by another
-       -- transaction) divides by zero, and the error rolls the transaction back (the COMMIT is already queued
-       -- behind this statement).
+       -- transaction) divides by zero, and the error undoes the whole statement.
        1 / ((SELECT count(*) FROM hold) - (SELECT count(*) FROM took) + 1)
 """
 _RESERVE_BY_ID = _RESERVE.format(where="id = %(wallet)s")
@@ -122,11 +122,10 @@ def reserve(account: str | int, key: str, amount: int, now: datetime, expires_at
     else:
         sql, params["account"] = _RESERVE_BY_NUMBER, account
     try:
-        with db_mod.raw_transaction() as tx:
-            with tx.pipeline():
-                cur = tx.execute(sql, params)
-                tx.commit()
-                row = cur.fetchone()
+        # One statement, autocommitted: it is its own transaction (no BEGIN, no COMMIT to send), and an error
+        # in it (the assertion) leaves nothing behind.
+        with db_mod.raw_transaction(autocommit=True) as tx:
+            row = tx.execute(sql, params).fetchone()
     except psycopg.Error as exc:
         if not isinstance(exc, psycopg.errors.DivisionByZero):
             log.warning("reserve fast path gave way to the general path: %s", type(exc).__name__)
@@ -159,10 +158,8 @@ def settle(key: str, amount: int, now: datetime, memo: str) -> tuple[Any, ...] |
 
     try:
         with db_mod.raw_transaction() as tx:
-            with tx.pipeline():
-                held_cur = tx.execute(_HOLD, {"key": key})
-                lots_cur = tx.execute(_LOTS, {"key": key})
-                hold, lot_rows = held_cur.fetchone(), lots_cur.fetchone()
+            hold = tx.execute(_HOLD, {"key": key}).fetchone()
+            lot_rows = tx.execute(_LOTS, {"key": key}).fetchone()
             if hold is None:
                 return None
             hold_id, wallet_id, hold_amount, status, created_at, expires_at, charged, balance, held, due = hold
@@ -180,12 +177,11 @@ def settle(key: str, amount: int, now: datetime, memo: str) -> tuple[Any, ...] |
             }
             for i, (lot_id, part) in enumerate(taken):
                 params[f"lot{i}"], params[f"part{i}"] = lot_id, part
-            with tx.pipeline():
-                if amount > 0:
-                    tx.execute(settle_writes_sql(len(taken), shortfall > 0), params)
-                else:
-                    tx.execute(_SETTLE_NOTHING, params)
-                tx.commit()
+            if amount > 0:
+                tx.execute(settle_writes_sql(len(taken), shortfall > 0), params)
+            else:
+                tx.execute(_SETTLE_NOTHING, params)
+            tx.commit()
             return hold_id, wallet_id, hold_amount, created_at, expires_at, coverable, shortfall
     except psycopg.Error as exc:
         log.warning("settle fast path gave way to the general path: %s", type(exc).__name__)
