@@ -263,6 +263,14 @@ def webhook_events(db: Path, intent_id: str) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- tests
 
 
+def cmdline(pid: int) -> str:
+    """The command line of a process, or "" when it has exited meanwhile (short-lived helpers do)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
 def test_run_serves_the_store_with_localstripe_and_ctrl_c_stops_everything(run: Run) -> None:
     pickle_before = PICKLE.stat().st_mtime_ns if PICKLE.exists() else None
     message = run.start().wait_until_running()
@@ -277,8 +285,7 @@ def test_run_serves_the_store_with_localstripe_and_ctrl_c_stops_everything(run: 
         assert card in message
     assert "CREDITS_MAIL_BACKEND=memory" in message
     assert "arrive with later features" not in message
-    processes = {s for p in run.children if (s := Path(f"/proc/{p}/cmdline")).exists()}
-    cmdlines = " ".join(s.read_bytes().replace(b"\0", b" ").decode() for s in processes)
+    cmdlines = " ".join(cmdline(p) for p in run.children)
     for part in ("gunicorn wsgi:app", "jobs run", "credits.payments.localstripe_server"):
         assert part in cmdlines
 
