@@ -138,3 +138,34 @@ def test_a_key_reserved_at_the_same_moment_rolls_back_the_credit_taken(make, mon
     again = ledger.reserve(wallet.id, "same", 1 * USD)
     assert (again.id, again.created) == (first.id, False)
     assert run_audit().ok
+
+
+def test_a_wallet_changed_between_read_and_write_writes_nothing(make):
+    """Fault injection: just before settle's write, another connection updates the wallet (as a concurrent
+    movement would). The write must find the wallet's version changed and write nothing; the general path then
+    settles."""
+    wallet = make.account().wallet
+    ledger.grant(wallet.id, 5 * USD, "purchase")
+    ledger.reserve(wallet.id, "k", 1 * USD)
+    done: list[bool] = []
+
+    def hook(sql: str) -> None:
+        if "xmin = CAST" in sql and not done:
+            done.append(True)
+            with db_mod.get().engine.begin() as conn:
+                conn.execute(sa.text("UPDATE wallets SET held = held WHERE id = :w"), {"w": wallet.id})
+
+    from credits import clock
+
+    db_mod.raw_statement_hooks.append(hook)
+    try:
+        assert fastpath.settle("k", 600_000, clock.now(), "charge k") is None
+    finally:
+        db_mod.raw_statement_hooks.remove(hook)
+    assert done
+    view = ledger.balance(wallet.id)
+    assert (view.balance, view.held) == (5 * USD, 1 * USD)
+    settled = ledger.settle("k", 600_000)
+    assert (settled.status, settled.charged) == ("settled", 600_000)
+    assert ledger.balance(wallet.id).balance == 5 * USD - 600_000
+    assert run_audit().ok

@@ -115,7 +115,7 @@ def test_the_fast_path_answers_and_writes_exactly_what_the_general_path_does(cal
         ledger.grant(caller.wallet_id, 130_000, "purchase", expires_at=expiry + timedelta(days=30))
     with statements(db_mod.get()) as sent:
         fast_answers = script("f", fast)
-    assert any("FOR UPDATE OF w" in s for s in sent), "the fast path did not run"
+    assert any("xmin = CAST" in s for s in sent), "the fast path did not run"
     with general_path(), statements(db_mod.get()) as sent:
         slow_answers = script("s", slow)
     assert not any(s.startswith("WITH h AS") for s in sent), "the general path used the fast one"
@@ -146,22 +146,67 @@ def test_out_of_the_common_case_the_general_path_decides(callers, clock):
     assert_audit_clean()
 
 
-def test_a_call_id_taken_by_a_cdr_trips_the_assertion_and_rolls_everything_back(callers, caplog):
-    """A new call is not looked up before its hold is written (its unique hold key catches replays); a call_id
-    taken by a CDR is caught by the in-SQL assertion of the write, whose error must roll back the hold and the
-    credit it held although the COMMIT was already queued behind it. The general path then refuses it."""
+def test_a_call_id_taken_since_the_read_trips_the_assertion_and_writes_nothing(callers, monkeypatch):
+    """Fault injection: the read is made to miss that the call_id is in use (as if a CDR had taken it just
+    after the read). The write's in-SQL assertion must undo the credit held and the hold, and the general
+    path then refuses the call_id."""
     caller = callers(credit=10 * USD)
     calls.import_cdrs([{"call_id": "taken", "caller": caller.phone, "callee": SG_CALLEE, "duration_s": 30,
                         "answered_at": "2026-11-23T10:00:00Z"}])
     before = caller.wallet()
-    assert fastpath.authorize("taken", caller.phone, SG_CALLEE, None, before_now()) is None
-    assert "DivisionByZero" in caplog.text  # the assertion fired (not some other reason to give way)
+    blind = fastpath._WALLET_BY_CALLER.replace(
+        "EXISTS (SELECT 1 FROM calls WHERE call_id = %(call_id)s) AS seen", "CAST(%(call_id)s AS text) IS NULL")
+    assert blind != fastpath._WALLET_BY_CALLER
+    monkeypatch.setattr(fastpath, "_WALLET_BY_CALLER", blind)
+    with statements(db_mod.get()) as sent:
+        assert fastpath.authorize("taken", caller.phone, SG_CALLEE, None, before_now()) is None
+    assert any("INSERT INTO holds" in s for s in sent)  # the write was tried, and undone
     after = caller.wallet()
     assert (after.balance, after.held) == (before.balance, before.held)
     with db_mod.get().engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM holds WHERE key = 'call:taken'")).scalar() == 0
     with pytest.raises(Conflict):
         calls.authorize("taken", caller.phone, SG_CALLEE)
+    assert_audit_clean()
+
+
+def touch_wallet_before_the_write(wallet_id: int, marker: str) -> Any:
+    """A raw-statement hook that, just before the fast path's write (the statement containing `marker`),
+    updates the wallet from another connection, as a concurrent movement would."""
+    done: list[bool] = []
+
+    def hook(sql: str) -> None:
+        if marker in sql and not done:
+            done.append(True)
+            with db_mod.get().engine.begin() as conn:
+                conn.execute(sa.text("UPDATE wallets SET held = held WHERE id = :w"), {"w": wallet_id})
+
+    return hook
+
+
+@pytest.mark.parametrize("step", ["authorize", "complete"])
+def test_a_wallet_changed_between_read_and_write_writes_nothing_and_the_general_path_decides(callers, step):
+    caller = callers(credit=10 * USD)
+    if step == "complete":
+        assert calls.authorize("c-1", caller.phone, SG_CALLEE).authorized
+    before = caller.wallet()
+    hook = touch_wallet_before_the_write(caller.wallet_id, "xmin = CAST")
+    db_mod.raw_statement_hooks.append(hook)
+    try:
+        if step == "authorize":
+            assert fastpath.authorize("c-1", caller.phone, SG_CALLEE, None, before_now()) is None
+        else:
+            assert fastpath.complete("c-1", 125, "answered", None, None, None, before_now()) is None
+    finally:
+        db_mod.raw_statement_hooks.remove(hook)
+    after = caller.wallet()
+    assert (after.balance, after.held) == (before.balance, before.held)  # the fast path wrote nothing
+    # The general path (what the service falls back to) then does it.
+    if step == "authorize":
+        assert calls.authorize("c-1", caller.phone, SG_CALLEE).authorized
+        assert caller.wallet().held > before.held
+    else:
+        assert calls.complete("c-1", 125, "answered").charged == 25_830
     assert_audit_clean()
 
 
