@@ -33,7 +33,7 @@ from typing import Any
 from credits import config, crypto
 from credits import db as db_mod
 from credits.ledger import fastpath as ledger_fastpath
-from credits.ledger.draw import draw
+from credits.ledger.draw import draw, next_expiry
 from credits.rating import engine
 from credits.rating.engine import Rate
 from credits.rating.service import cached_prefix_table
@@ -248,7 +248,7 @@ def complete(call_id: str, duration_s: int, disposition: str, answered: datetime
             shortfall = cost - coverable
             taken = draw(eligible, coverable)
             params.update(charged=coverable, shortfall=shortfall, memo=f"call {callee} {billed}s"[:200],
-                          revenue=cost, next_expiry=ledger_fastpath.next_expiry(lots, taken),
+                          revenue=cost, next_expiry=next_expiry(lots, taken),
                           flagged=bool(shortfall) or flagged,
                           flag_reason="credit_shortfall" if shortfall else flag_reason)
             for i, (lot_id, part) in enumerate(taken):

@@ -17,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from credits.db import insert_for
 from credits.ledger.draw import HoldState, LotState, draw, protected_by_holds
+from credits.ledger.draw import next_expiry as _next_expiry
 from credits.ledger.models import Hold, JournalTransaction, Lot, Posting, Wallet
-from credits.ledger.service import _expire_wallet, _new_tx, _next_expiry, _open_lots, _post, _take_from_lots
+from credits.ledger.service import _expire_wallet, _new_tx, _open_lots, _post, _take_from_lots
 
 W: Table = Wallet.__table__  # type: ignore[assignment]
 H: Table = Hold.__table__  # type: ignore[assignment]

@@ -72,3 +72,10 @@ def protected_by_holds(lots: Sequence[LotState], holds: Sequence[HoldState]) -> 
             protected[lot.id] += part
             left -= part
     return protected
+
+
+def next_expiry(lots: Sequence[LotState], taken: list[tuple[int, int]]) -> datetime | None:
+    """A wallet's next expiry once `taken` [(lot_id, amount)] has been drawn from its open `lots`."""
+    drawn = dict(taken)
+    left = [lot.expires_at for lot in lots if lot.remaining - drawn.get(lot.id, 0) > 0]
+    return min(left) if left else None

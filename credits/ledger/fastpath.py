@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from credits import db as db_mod
-from credits.ledger.draw import LotState, draw
+from credits.ledger.draw import LotState, draw, next_expiry
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +87,6 @@ def settle_writes_sql(lots_drawn: int, shortfall: bool, extra_ctes: tuple[str, .
 #: (PostgreSQL re-checks the condition on the row's latest version once any concurrent writer is done.)
 WALLET_AT_VERSION = ("w AS (UPDATE wallets SET {changes} WHERE id = %(wallet)s AND xmin = CAST(%(version)s AS xid) "
                      "RETURNING id)")
-
-
-def next_expiry(lots: list[LotState], taken: list[tuple[int, int]]) -> datetime | None:
-    left = dict(taken)
-    remaining = [lot.expires_at for lot in lots if lot.remaining - left.get(lot.id, 0) > 0]
-    return min(remaining) if remaining else None
 
 
 def lot_from_json(item: list[Any]) -> LotState:

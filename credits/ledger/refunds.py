@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from credits.errors import Conflict, IdempotencyConflict, NotFound
 from credits.ledger.draw import draw
+from credits.ledger.draw import next_expiry as _next_expiry
 from credits.ledger.models import Hold, JournalTransaction, Lot, Posting, Wallet
 from credits.ledger.service import (
     _check_key,
@@ -21,7 +22,6 @@ from credits.ledger.service import (
     _lock_hold,
     _lock_wallets,
     _new_tx,
-    _next_expiry,
     _open_lots,
     _post,
     _take_from_lots,

@@ -34,6 +34,7 @@ from credits.errors import (
 )
 from credits.ledger import fastpath
 from credits.ledger.draw import HoldState, LotState, draw, protected_by_holds
+from credits.ledger.draw import next_expiry as _next_expiry
 from credits.ledger.models import (
     Hold,
     JournalTransaction,
@@ -267,12 +268,6 @@ def _take_from_lots(session: Session, taken: list[tuple[int, int]]) -> None:
 
 def _lot_states(rows: Sequence[Any]) -> list[LotState]:
     return [LotState(r.id, r.source, r.remaining, r.expires_at, r.created_at) for r in rows]
-
-
-def _next_expiry(lots: Sequence[LotState], taken: list[tuple[int, int]]) -> datetime | None:
-    drawn = dict(taken)
-    left = [lot.expires_at for lot in lots if lot.remaining - drawn.get(lot.id, 0) > 0]
-    return min(left) if left else None
 
 
 def _open_lots(session: Session, wallet_id: int) -> list[LotState]:
