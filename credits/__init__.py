@@ -54,6 +54,11 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
     headers.register(app, settings)
     limits.init_app(app, settings)
+    from credits.web.switch_lane import SwitchLane
+
+    # The switch's authorize and complete, when plain, are served before Flask (credits.web.switch_lane);
+    # inside ProxyFix, so that a key's IP allowlist sees the same client address as Flask would.
+    app.wsgi_app = SwitchLane(app.wsgi_app, settings)  # type: ignore[method-assign]
     if settings.proxy_count:
         # Only then is X-Forwarded-For believed, and only the hops our own proxies added (J67).
         from werkzeug.middleware.proxy_fix import ProxyFix

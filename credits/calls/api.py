@@ -81,8 +81,12 @@ def update(body: dict[str, Any], call_id: str) -> dict[str, Any]:
 @blp.doc(security=SECURITY)
 def complete(body: dict[str, Any], call_id: str) -> dict[str, Any]:
     """Report a finished call: charge it and store its record. A repeat with the same body is answered again."""
-    r = service.complete(call_id, body["duration_s"], body["disposition"], answered_at=body.get("answered_at"),
-                         ended_at=body.get("ended_at"), end_reason=body.get("end_reason"))
+    return complete_body(service.complete(call_id, body["duration_s"], body["disposition"],
+                                          answered_at=body.get("answered_at"), ended_at=body.get("ended_at"),
+                                          end_reason=body.get("end_reason")))
+
+
+def complete_body(r: service.CompleteResult) -> dict[str, Any]:
     return {"call_id": r.call_id, "charged": money.format_micro(r.charged), "billed_duration_s": r.billed_duration_s,
             "balance": money.format_micro(r.balance)}
 

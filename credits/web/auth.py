@@ -22,7 +22,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
+    return parse_bearer(request.headers.get("Authorization", ""))
+
+
+def parse_bearer(header: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

@@ -15,11 +15,15 @@ log = logging.getLogger(__name__)
 PROBLEM = "application/problem+json"
 
 
+def choose_request_id(incoming: str) -> str:
+    """The client's X-Request-Id when it is 8-64 letters, digits and dashes; else a new random id."""
+    return incoming if 8 <= len(incoming) <= 64 and incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+
+
 def request_id() -> str:
     rid = getattr(g, "request_id", None)
     if rid is None:
-        incoming = request.headers.get("X-Request-Id", "")
-        rid = incoming if 8 <= len(incoming) <= 64 and incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+        rid = choose_request_id(request.headers.get("X-Request-Id", ""))
         g.request_id = rid
     return str(rid)
 

@@ -41,23 +41,37 @@ def content_security_policy(settings: config.Config) -> str:
     ])
 
 
+#: Every response carries these (the CSP unless the view set its own).
+FIXED_HEADERS = (
+    ("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Permissions-Policy", "camera=(), microphone=(), geolocation=(), payment=(self)"),
+)
+#: And a private answer (signed in, an account path, a cookie set or sent, an Authorization header) these.
+PRIVATE_HEADERS = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
+
+
+def private_response_headers(settings: config.Config) -> list[tuple[str, str]]:
+    """The security headers of a private JSON answer (what `register` adds to one), for the switch lane."""
+    return [("Content-Security-Policy", content_security_policy(settings)), *FIXED_HEADERS, *PRIVATE_HEADERS]
+
+
 def register(app: Flask, settings: config.Config) -> None:
     csp = content_security_policy(settings)
 
     @app.after_request
     def _security_headers(resp: Response) -> Response:
         h = resp.headers
-        h["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         h.setdefault("Content-Security-Policy", csp)
-        h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
-        h["X-Frame-Options"] = "DENY"
-        h["Cross-Origin-Opener-Policy"] = "same-origin"
-        h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=(self)"
+        for name, value in FIXED_HEADERS:
+            h[name] = value
         private = (getattr(g, "user_id", None) is not None or request.path.startswith(PRIVATE_PREFIXES)
                    or "Set-Cookie" in h or request.cookies.get("__Host-session") is not None
                    or request.headers.get("Authorization") is not None)
         if private:
-            h["Cache-Control"] = "no-store"
-            h["Pragma"] = "no-cache"
+            for name, value in PRIVATE_HEADERS:
+                h[name] = value
         return resp

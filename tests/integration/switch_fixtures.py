@@ -173,6 +173,26 @@ def call_row(call_id: str) -> Any:
         return conn.execute(sa.select(Call.__table__).where(Call.__table__.c.call_id == call_id)).one()
 
 
+def wallet_rows(wallet_id: int) -> dict[str, Any]:
+    """What a wallet's calls left in the database, without ids, keys and times."""
+    with db_mod.get().engine.connect() as conn:
+        def q(sql: str) -> list[Any]:
+            return [tuple(r) for r in conn.execute(sa.text(sql), {"w": wallet_id}).all()]
+
+        return {
+            "wallet": q("SELECT balance, held, next_expiry_at IS NULL FROM wallets WHERE id = :w"),
+            "lots": q("SELECT source, granted, remaining, expires_at FROM lots WHERE wallet_id = :w ORDER BY id"),
+            "holds": q("SELECT amount, status, charged, shortfall, tx_id IS NULL, finished_at IS NULL "
+                       "FROM holds WHERE wallet_id = :w ORDER BY id"),
+            "calls": q("SELECT status, caller = '', callee, max_duration_s, reserved, rate_prefix, duration_s, "
+                       "billed_s, cost, charged, disposition, end_reason, flagged, flag_reason, answered_at IS NULL, "
+                       "ended_at - answered_at FROM calls WHERE wallet_id = :w ORDER BY id"),
+            "postings": q("SELECT p.system_account, p.lot_id IS NULL, p.amount, j.kind, j.memo FROM postings p "
+                          "JOIN journal_transactions j ON j.id = p.tx_id WHERE p.tx_id IN "
+                          "(SELECT tx_id FROM holds WHERE wallet_id = :w) ORDER BY p.id"),
+        }
+
+
 _NOT_COUNTED = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA")
 
 

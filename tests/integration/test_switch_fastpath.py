@@ -30,6 +30,7 @@ from tests.integration.switch_fixtures import (  # noqa: F401 - the *_fixture na
     callers_fixture,
     plan_fixture,
     statements,
+    wallet_rows,
 )
 
 pytestmark = pytest.mark.postgres
@@ -86,26 +87,6 @@ def script(prefix: str, caller: Any) -> list[Any]:
     return answers
 
 
-def rows(wallet_id: int) -> dict[str, Any]:
-    """What a wallet's calls left in the database, without ids, keys and times."""
-    with db_mod.get().engine.connect() as conn:
-        def q(sql: str) -> list[Any]:
-            return [tuple(r) for r in conn.execute(sa.text(sql), {"w": wallet_id}).all()]
-
-        return {
-            "wallet": q("SELECT balance, held, next_expiry_at IS NULL FROM wallets WHERE id = :w"),
-            "lots": q("SELECT source, granted, remaining, expires_at FROM lots WHERE wallet_id = :w ORDER BY id"),
-            "holds": q("SELECT amount, status, charged, shortfall, tx_id IS NULL, finished_at IS NULL "
-                       "FROM holds WHERE wallet_id = :w ORDER BY id"),
-            "calls": q("SELECT status, caller = '', callee, max_duration_s, reserved, rate_prefix, duration_s, "
-                       "billed_s, cost, charged, disposition, end_reason, flagged, flag_reason, answered_at IS NULL, "
-                       "ended_at - answered_at FROM calls WHERE wallet_id = :w ORDER BY id"),
-            "postings": q("SELECT p.system_account, p.lot_id IS NULL, p.amount, j.kind, j.memo FROM postings p "
-                          "JOIN journal_transactions j ON j.id = p.tx_id WHERE p.tx_id IN "
-                          "(SELECT tx_id FROM holds WHERE wallet_id = :w) ORDER BY p.id"),
-        }
-
-
 def test_the_fast_path_answers_and_writes_exactly_what_the_general_path_does(callers, general_path, clock):
     expiry = clock.now() + timedelta(days=30)
     fast, slow = callers(credit=0), callers(credit=0)
@@ -121,7 +102,7 @@ def test_the_fast_path_answers_and_writes_exactly_what_the_general_path_does(cal
     assert not any(s.startswith("WITH h AS") for s in sent), "the general path used the fast one"
     assert fast_answers == slow_answers
     assert fast_answers[-1] == ("authorize", 9, False, "insufficient_credit")
-    assert rows(fast.wallet_id) == rows(slow.wallet_id)
+    assert wallet_rows(fast.wallet_id) == wallet_rows(slow.wallet_id)
     assert_audit_clean()
 
 
