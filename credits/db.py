@@ -247,6 +247,47 @@ class RawTransaction:
         self.conn.commit()
 
 
+class Precheck:
+    """A check a request must pass before it does anything (the switch's API key), read by a fast path's first
+    statement rather than in a round trip of its own.
+
+    `column` is a scalar subquery (its parameters in `params`, named `%(pc_...)s`) that a fast path adds to its
+    first read; the fast path hands the value to `accept` before it decides anything, and `accept` returns the
+    check's result or raises (Unauthorized). A path whose first statement did not carry it (no row read, the
+    general path, SQLite) calls `ensure()`, which reads it on its own (`read`) unless it was judged already.
+    """
+
+    def __init__(self, column: str, params: dict[str, Any], judge: Callable[[Any], Any],
+                 read: Callable[[], Any]) -> None:
+        self.column, self.params, self._judge, self._read = column, params, judge, read
+        self.done = False
+        self.result: Any = None
+
+    def accept(self, value: Any) -> Any:
+        self.result = self._judge(value)
+        self.done = True
+        return self.result
+
+    def ensure(self) -> Any:
+        return self.result if self.done else self.accept(self._read())
+
+
+class _NoPrecheck(Precheck):
+    """No check: the column is NULL and nothing is judged (calls from jobs, the CLI, tests, Flask routes)."""
+
+    def __init__(self) -> None:
+        super().__init__("NULL", {}, lambda _value: None, lambda: None)
+
+    def accept(self, value: Any) -> None:
+        return None
+
+    def ensure(self) -> None:
+        return None
+
+
+NO_PRECHECK: Precheck = _NoPrecheck()
+
+
 _sticky: ContextVar[list[Any] | None] = ContextVar("credits_db_sticky", default=None)
 
 

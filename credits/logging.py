@@ -135,6 +135,10 @@ _STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) 
                                                                                   "request_id"}
 
 
+#: `extra={FIXED_TEXT: True}` declares a record made of fixed text and numbers only: ScrubFilter passes it as is.
+FIXED_TEXT = "_credits_fixed_text"
+
+
 class ScrubFilter(logging.Filter):
     """Renders the message, then scrubs and escapes it, the extra fields and the traceback; adds request_id."""
 
@@ -147,6 +151,12 @@ class ScrubFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "_credits_scrubbed", False):
+            return True
+        if getattr(record, FIXED_TEXT, False):
+            # The caller built the record from fixed text and numbers only (the switch lane's access lines):
+            # there is nothing to scrub or escape.
+            record.request_id = current_request_id()
+            record._credits_scrubbed = True
             return True
         try:
             message = record.getMessage()

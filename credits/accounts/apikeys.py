@@ -8,6 +8,7 @@ import ipaddress
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Table, select, update
 
@@ -111,10 +112,30 @@ def authenticate(presented: str | None, scope: str, remote_addr: str | None) -> 
     disallowed address. The caller records the use with `record_use` once the request has been served, so
     that a request refused as malformed leaves the database exactly as it was.
     """
+    return _verify(_key_row(_prefix_of(presented)), presented or "", scope, remote_addr)
+
+
+def precheck(presented: str | None, scope: str, remote_addr: str | None) -> db.Precheck:
+    """`authenticate` as a db.Precheck: a fast path reads the key with its first statement (one round trip
+    fewer per switch request) and the result is the ApiKeyView. Raises Unauthorized at once for a missing or
+    malformed key."""
+    prefix = _prefix_of(presented)
+    secret = presented or ""
+
+    def judge(value: Any) -> ApiKeyView:
+        row = value if value is None or isinstance(value, _KeyRow) else _key_row_from_json(value)
+        return _verify(row, secret, scope, remote_addr)
+
+    return db.Precheck(_KEY_COLUMN, {"pc_key_prefix": prefix}, judge, lambda: _key_row(prefix))
+
+
+def _prefix_of(presented: str | None) -> str:
     if not presented or not presented.startswith(KEY_PREFIX) or len(presented) > 128:
         raise Unauthorized()
-    prefix = presented[: len(KEY_PREFIX) + 8]
-    row = _key_row(prefix)
+    return presented[: len(KEY_PREFIX) + 8]
+
+
+def _verify(row: _KeyRow | None, presented: str, scope: str, remote_addr: str | None) -> ApiKeyView:
     if row is None or not hmac.compare_digest(row.key_hash, _digest(presented)):
         raise Unauthorized()
     if row.revoked_at is not None or row.scope != scope:
@@ -142,7 +163,18 @@ class _KeyRow:
 
 
 _KEY_COLUMNS = ("id", "name", "prefix", "key_hash", "scope", "allowed_ips", "revoked_at", "last_used_at")
+#: The key row as a JSON array, a scalar subquery for a fast path's first read (see `precheck`).
+_KEY_COLUMN = (f"(SELECT json_build_array({', '.join(_KEY_COLUMNS)}) FROM api_keys "  # noqa: S608 - fixed
+               "WHERE prefix = %(pc_key_prefix)s)")
 _KEY_BY_PREFIX = f"SELECT {', '.join(_KEY_COLUMNS)} FROM api_keys WHERE prefix = %(prefix)s"  # noqa: S608 - fixed
+
+
+def _key_row_from_json(values: list[Any]) -> _KeyRow:
+    row = dict(zip(_KEY_COLUMNS, values, strict=True))
+    for name in ("revoked_at", "last_used_at"):
+        if row[name] is not None:
+            row[name] = clock.utc(datetime.fromisoformat(row[name]))
+    return _KeyRow(**row)
 
 
 def _key_row(prefix: str) -> _KeyRow | None:

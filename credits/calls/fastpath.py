@@ -55,7 +55,7 @@ def active() -> bool:
 _WALLET = """
 SELECT w.id, w.balance, w.held, w.currency, w.next_expiry_at, w.max_concurrent_calls, w.xmin::text, u.status,
        p.id AS plan_id, p.version AS plan_version,
-       EXISTS (SELECT 1 FROM calls WHERE call_id = %(call_id)s) AS seen
+       EXISTS (SELECT 1 FROM calls WHERE call_id = %(call_id)s) AS seen, {{precheck}}
 FROM wallets w
 JOIN users u ON u.id = w.user_id
 LEFT JOIN rate_plans p ON p.id = w.rate_plan_id
@@ -65,6 +65,11 @@ WHERE {where}
 _WALLET_BY_CALLER = _WALLET.format(
     where="w.id = (SELECT wallet_id FROM caller_numbers WHERE number_bidx = %(bidx)s)")
 _WALLET_BY_ACCOUNT = _WALLET.format(where="w.account_number = %(account)s")
+
+
+def _with(sql: str, precheck: db_mod.Precheck) -> tuple[str, dict[str, Any]]:
+    """The read with the precheck's column last (NULL for none), and the precheck's parameters."""
+    return sql.format(precheck=precheck.column), precheck.params
 
 _RESERVE = "WITH " + ledger_fastpath.WALLET_AT_VERSION.format(changes="held = held + %(amount)s") + """,
 h AS (
@@ -115,12 +120,16 @@ def _gave_way(what: str, exc: Exception) -> None:
         log.warning("%s fast path gave way to the general path: %s", what, type(exc).__name__)
 
 
-def authorize(call_id: str, caller: str | None, callee: str, account: str | None,
-              now: datetime) -> Authorized | Refused | None:
+def authorize(call_id: str, caller: str | None, callee: str, account: str | None, now: datetime,
+              precheck: db_mod.Precheck = db_mod.NO_PRECHECK) -> Authorized | Refused | None:
     """Decide a call in the common case: a new call_id on a wallet with no limit of simultaneous calls and no
     credit due to expire, the plan's prefix table loaded. Authorized (credit reserved) or Refused (unknown
     caller, account frozen or closed, no rate, no credit) as the general path would answer; None when the
-    general path must decide (nothing has been written then)."""
+    general path must decide (nothing has been written then).
+
+    A `precheck` (the switch's API key) is read with the first statement and judged before anything else;
+    what it raises (Unauthorized) propagates, with nothing written.
+    """
     import psycopg
 
     cfg = config.current()
@@ -129,13 +138,16 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
         sql, params["account"] = _WALLET_BY_ACCOUNT, account
     else:
         sql, params["bidx"] = _WALLET_BY_CALLER, crypto.blind_index("phone", caller or "")
+    sql, extra = _with(sql, precheck)
     try:
         with db_mod.raw_transaction(autocommit=True) as tx:
-            wallet = tx.execute(sql, params).fetchone()
+            wallet = tx.execute(sql, {**params, **extra}).fetchone()
             if wallet is None:
+                precheck.ensure()
                 return Refused("unknown_caller")
             (wallet_id, balance, held, currency, next_expiry_at, max_calls, version, status, plan_id, plan_version,
-             seen) = wallet
+             seen, checked) = wallet
+            precheck.accept(checked)
             if seen:
                 return None  # a replay, or a call_id in use: the general path answers it as the first time
             if status in _STATUS_REFUSALS:
@@ -181,7 +193,7 @@ SELECT c.id, c.status, c.callee, c.flagged, c.flag_reason, c.rate_prefix, c.rate
        h.id, h.amount, h.status, h.created_at,
        w.id, w.balance, w.held, w.next_expiry_at, w.xmin::text,
        (SELECT json_agg(json_build_array(l.id, l.source, l.remaining, l.expires_at, l.created_at))
-        FROM lots l WHERE l.wallet_id = w.id AND l.remaining > 0) AS lots
+        FROM lots l WHERE l.wallet_id = w.id AND l.remaining > 0) AS lots, {precheck}
 FROM calls c JOIN holds h ON h.id = c.hold_id JOIN wallets w ON w.id = c.wallet_id
 WHERE c.call_id = %(call_id)s
 """
@@ -208,19 +220,21 @@ class Completed:
 
 
 def complete(call_id: str, duration_s: int, disposition: str, answered: datetime | None, ended: datetime | None,
-             end_reason: str | None, now: datetime) -> Completed | None:
+             end_reason: str | None, now: datetime, precheck: db_mod.Precheck = db_mod.NO_PRECHECK) -> Completed | None:
     """Charge a call in progress (authorised, its hold active, no credit due to expire) and store its record;
-    None when the general path must decide (nothing has been written then)."""
+    None when the general path must decide (nothing has been written then). A `precheck` as for authorize."""
     import psycopg
 
+    sql, extra = _with(_CALL, precheck)
     try:
         with db_mod.raw_transaction(autocommit=True) as tx:
-            call = tx.execute(_CALL, {"call_id": call_id}).fetchone()
+            call = tx.execute(sql, {"call_id": call_id, **extra}).fetchone()
             if call is None:
                 return None
             (row_id, status, callee, flagged, flag_reason, prefix, destination, per_minute, fee, first, nxt,
              hold_id, hold_amount, hold_status, hold_created_at, wallet_id, balance, held, next_expiry_at, version,
-             lot_rows) = call
+             lot_rows, checked) = call
+            precheck.accept(checked)
             if status != "authorized" or hold_status != "active":
                 return None
             if next_expiry_at is not None and next_expiry_at <= now:

@@ -18,7 +18,7 @@ import phonenumbers
 from sqlalchemy import Row, Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from credits import clock, config, crypto, money
+from credits import clock, config, crypto, db, money
 from credits.accounts.models import User
 from credits.calls import fastpath
 from credits.calls.models import DISPOSITIONS, Call, CallerNumber
@@ -255,9 +255,9 @@ def _check_account(account: object) -> str | None:
     return account
 
 
-def _authorize_fast(call_id: str, caller: str | None, callee: str, account: str | None,
-                    now: datetime) -> AuthorizeResult | None:
-    fast = fastpath.authorize(call_id, caller, callee, account, now)
+def _authorize_fast(call_id: str, caller: str | None, callee: str, account: str | None, now: datetime,
+                    precheck: db.Precheck) -> AuthorizeResult | None:
+    fast = fastpath.authorize(call_id, caller, callee, account, now, precheck)
     if isinstance(fast, fastpath.Refused):
         return AuthorizeResult(call_id, False, 0, fast.reason)
     if fast is None:
@@ -266,14 +266,16 @@ def _authorize_fast(call_id: str, caller: str | None, callee: str, account: str 
                            fast.balance, fast.available)
 
 
-def authorize(call_id: str, caller: str | None, callee: str, account: str | None = None) -> AuthorizeResult:
+def authorize(call_id: str, caller: str | None, callee: str, account: str | None = None, *,
+              precheck: db.Precheck = db.NO_PRECHECK) -> AuthorizeResult:
     """Decide whether a call may go ahead and for how long, reserving the credit for that long.
 
     The account is `account` if given, else the wallet with `caller` among its registered numbers (the
     caller may then be left out). Refusals are answers, not errors: authorized False with a reason from
     REFUSALS. A retry with the same call_id returns the first answer and reserves nothing more. Raises
     ValidationError on malformed input and Conflict when the call_id was authorised for another account
-    or already names a call reported as a CDR.
+    or already names a call reported as a CDR. A `precheck` (the switch's API key, credits.db.Precheck)
+    passes before anything is read for the decision or written; what it raises propagates.
     """
     call_id = check_call_id(call_id)
     caller_n = e164(caller, "caller") if caller is not None else None
@@ -283,9 +285,10 @@ def authorize(call_id: str, caller: str | None, callee: str, account: str | None
         raise ValidationError("give the caller number or the account", field="caller")
     cfg = config.current()
     now = clock.now()
-    answer = _authorize_fast(call_id, caller_n, callee_n, account, now) if fastpath.active() else None
+    answer = _authorize_fast(call_id, caller_n, callee_n, account, now, precheck) if fastpath.active() else None
     if answer is not None:
         return answer
+    precheck.ensure()
     with unit_of_work() as uow:
         s = uow.session
         wallet = _find_wallet(s, caller_n, account, lock=True)
@@ -424,13 +427,14 @@ def _parse_time(value: object, name: str) -> datetime | None:
 
 
 def complete(call_id: str, duration_s: int, disposition: str, *, answered_at: object = None,
-             ended_at: object = None, end_reason: str | None = None) -> CompleteResult:
+             ended_at: object = None, end_reason: str | None = None,
+             precheck: db.Precheck = db.NO_PRECHECK) -> CompleteResult:
     """Charge a finished call and store its record.
 
     Anything but an answered call with duration > 0 charges nothing and releases the hold. A repeat with
     the same duration and disposition returns the first answer; a different one raises Conflict. A call the
     sweep abandoned is still charged (from available credit); cost that cannot be covered goes to
-    credit_loss and the call is flagged. Raises NotFound, ValidationError.
+    credit_loss and the call is flagged. Raises NotFound, ValidationError. A `precheck` as for authorize.
     """
     check_call_id(call_id)
     check_duration(duration_s, "duration_s")
@@ -442,9 +446,10 @@ def complete(call_id: str, duration_s: int, disposition: str, *, answered_at: ob
     ended = _parse_time(ended_at, "ended_at")
     now = clock.now()
     if fastpath.active():
-        fast = fastpath.complete(call_id, duration_s, disposition, answered, ended, end_reason, now)
+        fast = fastpath.complete(call_id, duration_s, disposition, answered, ended, end_reason, now, precheck)
         if fast is not None:
             return CompleteResult(call_id, fast.charged, fast.billed_s, fast.balance, fast.flagged)
+    precheck.ensure()
     with unit_of_work() as uow:
         s = uow.session
         wallet, call = _lock_call(s, call_id)

@@ -9,8 +9,9 @@ requests/s of a bare endpoint doing one durable UPDATE).
 What the lane does for a request it takes is what the Flask route does, in the same order, through the
 same functions:
   - the card-number guard (CHECKLIST I55) on every body value the guard would check;
-  - the API key (`apikeys.authenticate`, scope switch, the key's IP allowlist against REMOTE_ADDR, so behind
-    ProxyFix when one is configured), on the same sticky connection as the work, then `apikeys.record_use`;
+  - the API key (scope switch, the key's IP allowlist against REMOTE_ADDR, so behind ProxyFix when one is
+    configured), judged before anything else but read by the service's first statement (`apikeys.precheck`,
+    credits.db.Precheck: one round trip fewer), then `apikeys.record_use`;
   - the service call (`service.authorize` / `service.complete`, with their own validation);
   - the same answer: status 200, the body the route returns (its keys sorted, as Flask's JSON provider writes
     them), X-Request-Id (the client's when well-formed), the security headers of a private answer;
@@ -58,6 +59,7 @@ COMPLETE_SUFFIX = "/complete"
 #: The routes' rules, as the access line names them (credits.web.request_log).
 AUTHORIZE_RULE = "/api/v1/calls/authorize"
 COMPLETE_RULE = "/api/v1/calls/<path:call_id>/complete"
+ACCESS_LINES = {rule: f"POST {rule} 200" for rule in (AUTHORIZE_RULE, COMPLETE_RULE)}
 #: Larger bodies go to Flask (an authorize or complete body is about 100 bytes).
 MAX_BODY = 4096
 JSON_TYPES = frozenset({"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"})
@@ -173,11 +175,13 @@ class SwitchLane:
         try:
             try:
                 with db.sticky_raw_connection():
-                    key = apikeys.authenticate(token, "switch", environ.get("REMOTE_ADDR"))
+                    # The key is read by the service's first statement and judged before anything else.
+                    check = apikeys.precheck(token, "switch", environ.get("REMOTE_ADDR"))
                     if args is not None:
-                        result = authorize_body(service.authorize(*args))
+                        result = authorize_body(service.authorize(*args, precheck=check))
                     else:
-                        result = complete_body(service.complete(call_id or "", **(kwargs or {})))
+                        result = complete_body(service.complete(call_id or "", **(kwargs or {}), precheck=check))
+                    key = check.ensure()
                 apikeys.record_use(key)
             except Exception:  # noqa: BLE001 - Flask serves it again and answers (401, 4xx problem+json, 500)
                 return None
@@ -186,8 +190,9 @@ class SwitchLane:
                                 ("X-Request-Id", rid), *self.fixed_headers]
             status = 200
             elapsed = round((time.perf_counter() - started) * 1000, 1)
-            access_log.info("%s %s %s", "POST", rule, status,
-                            extra={"method": "POST", "path": rule, "status": status, "duration_ms": elapsed})
+            # Fixed text and numbers only (no call id, no number): nothing for the log filter to scrub.
+            access_log.info(ACCESS_LINES[rule], extra={"method": "POST", "path": rule, "status": status,
+                                                       "duration_ms": elapsed, logs.FIXED_TEXT: True})
             return response_headers, payload
         finally:
             logs.reset_request_id(log_token)

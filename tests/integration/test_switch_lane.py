@@ -69,8 +69,19 @@ def seen(resp: Any, prefix: str) -> tuple[int, dict[str, str], str]:
     return resp.status_code, headers, resp.get_data(as_text=True).replace(prefix, "<p>")
 
 
-def access_lines(records: list[logging.LogRecord]) -> list[tuple[Any, ...]]:
-    return [(r.getMessage(), r.method, r.path, r.status) for r in records if r.name == "credits.request"]
+def access_lines(records: list[logging.LogRecord]) -> list[dict[str, Any]]:
+    """The access lines as the JSON log handler writes them, without time, duration and request id."""
+    import json
+
+    from credits.logging import JsonFormatter, ScrubFilter
+
+    lines = []
+    for record in records:
+        if record.name == "credits.request":
+            ScrubFilter().filter(record)
+            line = json.loads(JsonFormatter().format(record))
+            lines.append({k: v for k, v in line.items() if k not in ("time", "duration_ms", "request_id")})
+    return lines
 
 
 def script(switch: Any, prefix: str, caller: Any, poor: Any) -> list[Any]:
@@ -119,8 +130,8 @@ def test_the_lane_answers_and_writes_what_flask_does(switch, callers, flask_hits
         assert lane[1] == flask[1], n
         assert lane[2] == flask[2], n
     assert lane_log == flask_log and len(lane_log) == len(with_lane)
-    assert ("POST /api/v1/calls/<path:call_id>/complete 200", "POST", "/api/v1/calls/<path:call_id>/complete",
-            200) in lane_log
+    assert {"level": "INFO", "logger": "credits.request", "message": "POST /api/v1/calls/<path:call_id>/complete 200",
+            "method": "POST", "path": "/api/v1/calls/<path:call_id>/complete", "status": 200} in lane_log
     assert wallet_rows(lane_caller.wallet_id) == wallet_rows(flask_caller.wallet_id)
     assert wallet_rows(lane_poor.wallet_id) == wallet_rows(flask_poor.wallet_id)
     assert_audit_clean()
@@ -185,6 +196,13 @@ def _cases(caller: Any, revoked: str) -> list[tuple[str, dict[str, Any]]]:
         ("unknown key", {"path": "/calls/authorize", "json": good,
                          "headers": {"Authorization": "Bearer csk_00000000_nope"}}),
         ("revoked key", {"path": "/calls/authorize", "json": good, "headers": {"Authorization": f"Bearer {revoked}"}}),
+        ("revoked key, unknown caller", {"path": "/calls/authorize", "json": {**good, "caller": "+6599999999"},
+                                         "headers": {"Authorization": f"Bearer {revoked}"}}),
+        ("revoked key, unknown call", {"path": "/calls/nope-1/complete", "json": {"duration_s": 5,
+                                                                                  "disposition": "answered"},
+                                       "headers": {"Authorization": f"Bearer {revoked}"}}),
+        ("revoked key, by account", {"path": "/calls/authorize", "json": {**good, "account": caller.number},
+                                     "headers": {"Authorization": f"Bearer {revoked}"}}),
         ("text/plain", {"path": "/calls/authorize", "data": '{"call_id": "x-1"}', "content_type": "text/plain"}),
         ("not JSON", {"path": "/calls/authorize", "data": "{call_id", "content_type": "application/json"}),
         ("a list", {"path": "/calls/authorize", "json": [good]}),
@@ -235,6 +253,37 @@ def test_what_the_lane_does_not_serve_flask_answers_as_without_it(switch, caller
         assert answers[0] == answers[1], name
         assert answers[0][0] in (400, 401, 404), (name, answers[0])
     assert table_snapshot(database) == before
+
+
+def test_a_revoked_key_is_refused_on_a_call_in_progress_and_nothing_is_charged(switch, switch_key, callers,
+                                                                               flask_hits):
+    caller = callers()
+    assert switch.authorize("rv-1", caller.phone, SG_CALLEE).status_code == 200
+    apikeys.revoke_key(switch_key.view.name)
+    from credits import db as db_mod
+
+    before = table_snapshot(db_mod.get())
+    resp = switch.complete("rv-1", 30)
+    assert resp.status_code == 401 and resp.mimetype == "application/problem+json"
+    assert "detail" not in resp.get_json()
+    assert table_snapshot(db_mod.get()) == before
+    assert flask_hits == ["/api/v1/calls/rv-1/complete"]
+
+
+@pytest.mark.postgres  # the fast path, and the key on its first statement, are PostgreSQL's
+def test_on_postgresql_the_key_rides_on_the_first_statement(switch, callers, database, flask_hits):
+    from tests.integration.switch_fixtures import statements
+
+    caller = callers()
+    assert switch.authorize("warm", caller.phone, SG_CALLEE).status_code == 200  # the prefix table is loaded
+    with statements(database) as authorize_sql:
+        assert switch.authorize("ride-1", caller.phone, SG_CALLEE).get_json()["authorized"] is True
+    with statements(database) as complete_sql:
+        assert switch.complete("ride-1", 125).get_json()["charged"] == "0.025830"
+    for sent in (authorize_sql, complete_sql):
+        assert len(sent) == 2, "\n".join(sent)  # one read (with the key), one write
+        assert "FROM api_keys" in sent[0] and "api_keys" not in sent[1]
+    assert flask_hits == []
 
 
 def test_a_conflict_found_by_the_service_is_answered_by_flask(switch, callers, flask_hits):
