@@ -5,15 +5,22 @@ What it does, all on 127.0.0.1:
      a 50,000-prefix rate plan (generated CSV, `flask rates import`); 10,000 wallets, each with a caller
      number and credit (one made by the account and ledger services, the others set-based copies of its
      rows, so `ledger audit` holds); a switch API key (`flask apikey create`);
-  2. the app under gunicorn (gthread, --workers x --threads, started with -p pidfile, stopped by that pid);
-     a SEPARATE load process (http.client keep-alive connections, one per thread) drives authorize->complete
-     pairs at fixed concurrency for --seconds, after a warm-up; prints calls/s and p50/p99 per endpoint;
+  2. the app under gunicorn (gthread, --workers x --threads, started with -p pidfile, stopped by that pid), and
+     the same gunicorn command line serving scripts/bench_baseline_app.py (a bare endpoint: one durable UPDATE
+     per request); a SEPARATE load process (http.client keep-alive connections, one per thread) drives
+     authorize->complete pairs against the app, or requests against the bare endpoint, at fixed concurrency;
+     after a warm-up of each, --seconds of each are measured in --rounds rounds that alternate the two
+     (app, bare; bare, app; ...), so that the ratio compares them under the same conditions on a shared,
+     noisy machine; prints calls/s, p50/p99 per endpoint, requests/s of both, the ratio, and the CPU each
+     request cost the server (gunicorn workers and this database's PostgreSQL backends);
   3. POST /api/v1/cdrs end to end, batches of 1000;
-  4. the same gunicorn command line serving scripts/bench_baseline_app.py (one durable UPDATE per request),
-     driven the same way; prints its requests/s and the ratio;
-  5. in-process rating (longest-prefix lookup + cost) against the same 50,000-prefix plan.
+  4. in-process rating (longest-prefix lookup + cost) against the same 50,000-prefix plan.
 
-    .venv/bin/python scripts/bench_switch.py [--seconds 20] [--concurrency 32] [--workers 2 --threads 8]
+The concurrency defaults to workers x threads (16): one request in flight per server thread. More requests in
+flight than threads only queue in gunicorn; by Little's law the latency is then concurrency / throughput
+whatever the server does (at 32 in flight and 800 requests/s, 40 ms on average), and p99 measures the queue.
+
+    .venv/bin/python scripts/bench_switch.py [--seconds 20] [--rounds 4] [--concurrency 16] [--workers 2 --threads 8]
 """
 
 from __future__ import annotations
@@ -281,17 +288,55 @@ class CostMeter:
                 "db": {p: _cpu_seconds(p) for p in backends}, "xacts": int(xacts)}
 
     @staticmethod
-    def per_request(before: dict[str, Any], after: dict[str, Any], requests: int) -> str:
-        def spent(kind: str) -> float:
+    def spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
+        """CPU seconds of the app and of PostgreSQL, and transactions, between two snapshots."""
+        def cpu(kind: str) -> float:
             return sum(v - before[kind].get(p, 0.0) for p, v in after[kind].items())
 
-        n = max(requests, 1)
-        xacts = (after["xacts"] - before["xacts"]) / n
-        return (f"server cost per request: app {spent('app') * 1000 / n:.2f} ms CPU, PostgreSQL "
-                f"{spent('db') * 1000 / n:.2f} ms CPU, {xacts:.1f} transactions (pool pings count)")
+        return {"app": cpu("app"), "db": cpu("db"), "xacts": float(after["xacts"] - before["xacts"])}
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class Totals:
+    """One load's phases added up: requests, elapsed time, latencies and server cost."""
+
+    def __init__(self) -> None:
+        self.phases: list[dict[str, Any]] = []
+
+    def add(self, phase: dict[str, Any]) -> None:
+        self.phases.append(phase)
+
+    @property
+    def elapsed(self) -> float:
+        return sum(p["elapsed"] for p in self.phases)
+
+    def sum(self, name: str) -> int:
+        return sum(int(p.get(name, 0)) for p in self.phases)
+
+    def merged(self, name: str) -> list[float]:
+        return sorted(x for p in self.phases for x in p.get(name, []))
+
+    def rates(self) -> list[float]:
+        return [p["requests"] / p["elapsed"] for p in self.phases]
+
+    def cost(self) -> str:
+        n = max(self.sum("requests"), 1)
+        app, db = (sum(p["cost"][k] for p in self.phases) * 1000 / n for k in ("app", "db"))
+        xacts = sum(p["cost"]["xacts"] for p in self.phases) / n
+        return (f"server cost per request: app {app:.2f} ms CPU, PostgreSQL {db:.2f} ms CPU, "
+                f"{xacts:.1f} transactions (pool pings count)")
+
+
+def measure(url: str, server: Gunicorn, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run one load phase against `server`; its summary with the server's cost during it."""
+    meter = CostMeter(url, server.proc.pid)
+    before = meter.snapshot()
+    summary = run_load(kind, params)
+    summary["cost"] = CostMeter.spent(before, meter.snapshot())
+    meter.close()
+    return summary
 
 
 # ---------------------------------------------------------------- gunicorn
@@ -463,12 +508,11 @@ def load_process(kind: str, params: dict[str, Any], results: Any) -> None:
         done = sorted(x for o in outs for x in o.get("complete", []))
         summary.update(pairs=sum(o.get("pairs", 0) for o in outs), refused=sum(o.get("refused", 0) for o in outs),
                        errors=sum(o.get("errors", 0) for o in outs), requests=len(auth) + len(done),
-                       auth_p50=percentile(auth, 0.5), auth_p99=percentile(auth, 0.99),
-                       complete_p50=percentile(done, 0.5), complete_p99=percentile(done, 0.99))
+                       auth=auth, complete=done)
     elif kind == "baseline":
         lat = sorted(x for o in outs for x in o.get("latency", []))
         summary.update(requests=sum(o.get("requests", 0) for o in outs), errors=sum(o.get("errors", 0) for o in outs),
-                       p50=percentile(lat, 0.5), p99=percentile(lat, 0.99))
+                       latency=lat)
     else:
         batch_ms = sorted(x for o in outs for x in o.get("batch_ms", []))
         summary.update(charged=sum(o.get("charged", 0) for o in outs), other=sum(o.get("other", 0) for o in outs),
@@ -519,7 +563,10 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--warmup", type=float, default=3)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="requests in flight (default: workers x threads, one per server thread)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="measure in this many rounds, alternating app and bare (default 4)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--wallets", type=int, default=10_000)
@@ -532,6 +579,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs (for profiling)")
     args = parser.parse_args()
+    if args.concurrency is None:
+        args.concurrency = args.workers * args.threads
 
     name = f"credits_bench_switch_{os.getpid()}"
     workdir = ROOT / "instance" / name
@@ -543,6 +592,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     rng = random.Random(args.seed)
     rates = build_plan(random.Random(args.seed), args.prefixes)
     server: Gunicorn | None = None
+    bare: Gunicorn | None = None
     report: list[str] = []
     load_before = os.getloadavg()[0]
     try:
@@ -551,43 +601,40 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         callers = [CALLER_BASE + i for i in range(args.wallets)]
         callees = callees_for(rates, rng, 2000)
 
-        # ---- authorize -> complete
+        # ---- authorize -> complete and the bare durable UPDATE, interleaved
+        baseline_table(url, args.wallets)
         server = Gunicorn("wsgi:app", env, args, workdir, "gunicorn-app")
         server.wait_ready("/healthz")
         log(f"app:      gunicorn {server.command}")
+        bare = Gunicorn("bench_baseline_app:app", env, args, workdir, "gunicorn-baseline")
+        bare.wait_ready("/debit?id=1", "POST")
+        log(f"baseline: gunicorn {bare.command}")
         common = {"port": server.port, "key": key, "callers": callers, "callees": callees,
                   "concurrency": args.concurrency}
+        bare_params = {"port": bare.port, "ids": list(range(1, args.wallets + 1)), "concurrency": args.concurrency}
         run_load("switch", {**common, "seconds": args.warmup, "tag": "warm"})
-        log(f"warmed up {args.warmup:.0f} s; measuring {args.seconds:.0f} s at concurrency {args.concurrency}")
-        meter = CostMeter(url, server.proc.pid)
-        before = meter.snapshot()
-        sw = run_load("switch", {**common, "seconds": args.seconds, "tag": "run"})
-        sw_cost = CostMeter.per_request(before, meter.snapshot(), sw["requests"])
-        meter.close()
-        calls_s = sw["pairs"] / sw["elapsed"]
-        mix_rps = sw["requests"] / sw["elapsed"]
+        run_load("baseline", {**bare_params, "seconds": args.warmup})
+        phase_s = args.seconds / args.rounds
+        log(f"warmed up; measuring {args.seconds:.0f} s of each at concurrency {args.concurrency}, in "
+            f"{args.rounds} rounds of {phase_s:.1f} s (app, bare, then bare, app, ...)")
+        sw = Totals()
+        base = Totals()
+        for r in range(args.rounds):
+            order = ("switch", "baseline") if r % 2 == 0 else ("baseline", "switch")
+            for kind in order:
+                if kind == "switch":
+                    sw.add(measure(url, server, "switch", {**common, "seconds": phase_s, "tag": f"run{r}"}))
+                else:
+                    base.add(measure(url, bare, "baseline", {**bare_params, "seconds": phase_s}))
+        calls_s = sw.sum("pairs") / sw.elapsed
+        mix_rps = sw.sum("requests") / sw.elapsed
+        base_rps = base.sum("requests") / base.elapsed
+        bare.stop()
 
         # ---- batch CDRs
         cdr = run_load("cdrs", {"port": server.port, "key": key, "callers": callers, "callees": callees,
                                 "concurrency": args.cdr_concurrency, "seconds": args.cdr_seconds, "tag": "cdr"})
         cdrs_s = cdr["charged"] / cdr["elapsed"]
-        server.stop()
-        server = None
-
-        # ---- bare durable UPDATE
-        baseline_table(url, args.wallets)
-        server = Gunicorn("bench_baseline_app:app", env, args, workdir, "gunicorn-baseline")
-        server.wait_ready("/debit?id=1", "POST")
-        log(f"baseline: gunicorn {server.command}")
-        run_load("baseline", {"port": server.port, "ids": list(range(1, args.wallets + 1)),
-                              "concurrency": args.concurrency, "seconds": args.warmup})
-        meter = CostMeter(url, server.proc.pid)
-        before = meter.snapshot()
-        base = run_load("baseline", {"port": server.port, "ids": list(range(1, args.wallets + 1)),
-                                     "concurrency": args.concurrency, "seconds": args.seconds})
-        base_cost = CostMeter.per_request(before, meter.snapshot(), base["requests"])
-        meter.close()
-        base_rps = base["requests"] / base["elapsed"]
         server.stop()
         server = None
 
@@ -598,7 +645,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         audit = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "ledger", "audit"], cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=600)
         ratio = mix_rps / base_rps if base_rps else 0.0
-        p99 = max(sw["auth_p99"], sw["complete_p99"])
+        auth, done, lat = sw.merged("auth"), sw.merged("complete"), base.merged("latency")
+        p99 = max(percentile(auth, 0.99), percentile(done, 0.99))
         report = [
             "",
             f"switch API benchmark: gunicorn gthread {args.workers} workers x {args.threads} threads, PostgreSQL, "
@@ -606,15 +654,17 @@ def main() -> None:  # noqa: PLR0915 - one straight script
             f"{args.seconds:.0f} s",
             f"  authorize->complete   {calls_s:8,.0f} calls/s (pairs)   target >= {TARGETS['calls_s']}   "
             f"{mark(calls_s >= TARGETS['calls_s'])}",
-            f"    authorize           p50 {sw['auth_p50']:6.1f} ms   p99 {sw['auth_p99']:6.1f} ms",
-            f"    complete            p50 {sw['complete_p50']:6.1f} ms   p99 {sw['complete_p99']:6.1f} ms   "
+            f"    authorize           p50 {percentile(auth, 0.5):6.1f} ms   p99 {percentile(auth, 0.99):6.1f} ms",
+            f"    complete            p50 {percentile(done, 0.5):6.1f} ms   p99 {percentile(done, 0.99):6.1f} ms   "
             f"p99 target < {TARGETS['p99_ms']} ms   {mark(p99 < TARGETS['p99_ms'])}",
-            f"    {sw['pairs']:,} pairs, {sw['requests']:,} requests ({mix_rps:,.0f} req/s), "
-            f"{sw['refused']} refused, {sw['errors']} errors",
-            f"    {sw_cost}",
-            f"  bare durable UPDATE   {base_rps:8,.0f} req/s   p50 {base['p50']:.1f} ms   p99 {base['p99']:.1f} ms   "
-            f"({base['errors']} errors)",
-            f"    {base_cost}",
+            f"    {sw.sum('pairs'):,} pairs, {sw.sum('requests'):,} requests ({mix_rps:,.0f} req/s), "
+            f"{sw.sum('refused')} refused, {sw.sum('errors')} errors",
+            f"    {sw.cost()}",
+            f"  bare durable UPDATE   {base_rps:8,.0f} req/s   p50 {percentile(lat, 0.5):.1f} ms   "
+            f"p99 {percentile(lat, 0.99):.1f} ms   ({base.sum('errors')} errors)",
+            f"    {base.cost()}",
+            "  rounds (req/s app / bare): "
+            + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(sw.rates(), base.rates(), strict=True)),
             f"  ratio (mix req/s / bare req/s)  {ratio:.2f}   target >= {TARGETS['ratio']}   "
             f"{mark(ratio >= TARGETS['ratio'])}",
             f"  POST /api/v1/cdrs     {cdrs_s:8,.0f} CDRs/s   target >= {TARGETS['cdrs_s']:,}   "
@@ -628,8 +678,9 @@ def main() -> None:  # noqa: PLR0915 - one straight script
             f"{os.getloadavg()[0]:.1f} at the end (the figures are shared with whatever else runs)",
         ]
     finally:
-        if server is not None:
-            server.stop()
+        for running in (server, bare):
+            if running is not None and running.proc.poll() is None:
+                running.stop()
         if args.keep:
             log(f"kept database {name}: {url}")
         else:
