@@ -147,6 +147,10 @@ def served_app(app: Any) -> Iterator[str]:
 def test_localstripe_webhook_and_get_grant_once_whichever_comes_first(
         ls_gateway: StripeGateway, localstripe: LocalStripe, buyer: Buyer, served_app: str, database: Any):
     hook_id = f"payments-{os.getpid()}"
+    # localstripe sends each event about 1 s after it, to the webhooks registered *then*: let the events of
+    # earlier tests (a succeeded intent naming their purchase 1, which is this test's purchase 1 too) go out
+    # to no one before registering ours.
+    time.sleep(1.5)
     localstripe.register_webhook(f"{served_app}/webhooks/stripe", WEBHOOK_SECRET, webhook_id=hook_id,
                                  events=["payment_intent.succeeded"])
     try:
