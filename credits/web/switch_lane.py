@@ -65,7 +65,6 @@ MAX_BODY = 4096
 JSON_TYPES = frozenset({"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"})
 AUTHORIZE_FIELDS = frozenset({"call_id", "caller", "callee", "account"})
 COMPLETE_FIELDS = frozenset({"duration_s", "disposition", "answered_at", "ended_at", "end_reason"})
-MAX_SECONDS = 86400
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -103,7 +102,9 @@ def _complete_args(body: dict[str, Any]) -> dict[str, Any] | None:
     if not COMPLETE_FIELDS.issuperset(body):
         return None
     duration = body.get("duration_s")
-    if type(duration) is not int or not 0 <= duration <= MAX_SECONDS or body.get("disposition") not in DISPOSITIONS:
+    if type(duration) is not int or not 0 <= duration <= service.MAX_DURATION_INPUT_S:
+        return None
+    if body.get("disposition") not in DISPOSITIONS:
         return None
     for name, longest in (("answered_at", 40), ("ended_at", 40), ("end_reason", 32)):
         value = body.get(name)
