@@ -176,14 +176,21 @@ def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]], 
     return []
 
 
-def bulk_update(session: Session, table: Table, key: str, rows: Sequence[dict[str, Any]]) -> None:
-    """UPDATE one row per dict, found by its `key` column, to the dict's other values, in one statement.
+def bulk_update(session: Session, table: Table, key: str, rows: Sequence[dict[str, Any]], *,
+                increments: Sequence[str] = ()) -> None:
+    """UPDATE one row per dict, found by its `key` column, to the dict's other values, in one statement; the
+    columns named in `increments` are added to (`column = column + value`), the others set.
 
-    On PostgreSQL `UPDATE ... FROM unnest(...)` (one array per column); elsewhere an executemany.
+    On PostgreSQL `UPDATE ... FROM unnest(...)` (one array per column); elsewhere an executemany. The keys must
+    be distinct (one row is updated once per statement).
     """
     if not rows:
         return
     columns = [name for name in rows[0] if name != key]
+
+    def value(name: str, given: Any) -> Any:
+        return table.c[name] + given if name in increments else given
+
     if session.get_bind().dialect.name == "postgresql":
         values = select(*[
             func.unnest(bindparam(f"u_{name}", [row[name] for row in rows],
@@ -191,12 +198,13 @@ def bulk_update(session: Session, table: Table, key: str, rows: Sequence[dict[st
             for name in (key, *columns)
         ]).subquery("v")
         session.execute(
-            update(table).where(table.c[key] == values.c[key]).values({name: values.c[name] for name in columns})
+            update(table).where(table.c[key] == values.c[key])
+            .values({name: value(name, values.c[name]) for name in columns})
         )
         return
     session.execute(
         update(table).where(table.c[key] == bindparam(f"b_{key}"))
-        .values({name: bindparam(f"b_{name}") for name in columns}),
+        .values({name: value(name, bindparam(f"b_{name}")) for name in columns}),
         [{f"b_{name}": value for name, value in row.items()} for row in rows],
     )
 
@@ -269,13 +277,12 @@ def charge_many(session: Session, funds: dict[int, Funds], charges: Sequence[Usa
     bulk_insert(session, P, postings)
     drawn = {lot_id: amount - remaining[lot_id] for lot_id, amount in
              ((lot.id, lot.remaining) for wallet_lots in lots.values() for lot in wallet_lots)}
-    _take_from_lots(session, [(lot_id, part) for lot_id, part in sorted(drawn.items()) if part])
-    session.execute(
-        update(W).where(W.c.id == bindparam("b_id"))
-        .values(balance=W.c.balance - bindparam("b_spent"), next_expiry_at=bindparam("b_next")),
-        [{"b_id": w, "b_spent": spent[w],
-          "b_next": min((lot.expires_at for lot in lots[w] if remaining[lot.id] > 0), default=None)}
-         for w in wallet_ids],
-    )
+    # One statement each, however many lots and wallets the batch names (the wallets are locked already).
+    bulk_update(session, L, "id", [{"id": lot_id, "remaining": -part} for lot_id, part in sorted(drawn.items())
+                                   if part], increments=("remaining",))
+    bulk_update(session, W, "id", [
+        {"id": w, "balance": -spent[w],
+         "next_expiry_at": min((lot.expires_at for lot in lots[w] if remaining[lot.id] > 0), default=None)}
+        for w in wallet_ids], increments=("balance",))
     return [Charge(coverable, c.amount - coverable, tx_id) for tx_id, (c, coverable, _) in zip(tx_ids, planned,
                                                                                                 strict=True)]
