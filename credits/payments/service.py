@@ -13,10 +13,16 @@ Credit is granted only for an intent the gateway reports succeeded: from this re
 comes first grants; the ledger grant is keyed on the intent id and the purchase names its one lot, so
 the others find it done. If step 3 is lost (a crash, a timeout), the reconciliation job finds the intent by
 the purchase id in its metadata and settles it.
+
+An intent known only by its metadata (its id not recorded yet) must name the purchase twice: `purchase_id` and
+`purchase_ref`, a digest of the purchase's unique idempotency key. Purchase ids repeat across databases (a
+staging copy on the same gateway account, a test run); the ref does not, so another deployment's intent for
+"purchase 1" never grants this deployment's purchase 1.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
@@ -134,6 +140,18 @@ def _lock_purchase(session: Session, purchase_id: int) -> Row[Any]:
     return row
 
 
+def purchase_ref(idempotency_key: str) -> str:
+    """The reference of a purchase in its intent's metadata: a digest of its unique idempotency key."""
+    return hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+
+
+def names_purchase(metadata: Any, purchase: Any) -> bool:
+    """Whether an intent's metadata names this purchase: its id and its ref (see the module's docstring)."""
+    meta = dict(metadata or {})
+    return meta.get("purchase_id") == str(purchase.id) and meta.get("purchase_ref") == purchase_ref(
+        purchase.idempotency_key)
+
+
 def find_purchase(session: Session, intent_id: str | None, metadata: dict[str, str] | None) -> Row[Any] | None:
     """The purchase an intent belongs to: by the intent id recorded, else by `purchase_id` in its metadata."""
     if intent_id:
@@ -154,11 +172,15 @@ def apply_intent(session: Session, purchase: Row[Any], intent: PaymentIntentResu
 
     `succeeded` grants the credit (once: a purchase already holding its lot answers `already_granted`);
     `requires_action` and `processing` are noted; a failed intent marks the purchase failed unless it
-    succeeded. An intent that does not match the purchase (another intent, amount, currency) changes nothing
-    and answers `mismatch`. The purchase row must be locked by the caller.
+    succeeded. An intent that does not match the purchase (another intent, amount, currency; or, for a purchase
+    with no intent recorded, metadata without the purchase's ref) changes nothing and answers `mismatch`. The
+    purchase row must be locked by the caller.
     """
     if purchase.payment_intent_id not in (None, intent.id):
         log.warning("purchase %s has intent %s, not %s", purchase.id, purchase.payment_intent_id, intent.id)
+        return "mismatch"
+    if purchase.payment_intent_id is None and not names_purchase(intent.metadata, purchase):
+        log.warning("intent %s names purchase %s without its ref", intent.id, purchase.id)
         return "mismatch"
     meta_id = dict(intent.metadata).get("purchase_id")
     if (intent.amount_minor != purchase.amount_minor or intent.currency.upper() != purchase.currency
@@ -307,8 +329,8 @@ def charge(purchase_id: int, *, customer_id: str, payment_method: str, attach: b
         intent = gw.create_payment_intent(
             amount_minor=row.amount_minor, currency=row.currency, customer_id=customer_id,
             payment_method_id=payment_method, off_session=off_session, idempotency_key=row.idempotency_key,
-            metadata={"purchase_id": str(row.id), "wallet_id": str(row.wallet_id), "user_id": str(row.user_id),
-                      "kind": row.kind},
+            metadata={"purchase_id": str(row.id), "purchase_ref": purchase_ref(row.idempotency_key),
+                      "wallet_id": str(row.wallet_id), "user_id": str(row.user_id), "kind": row.kind},
         )
     except PaymentError as exc:
         return None, exc
@@ -414,12 +436,12 @@ def settle(purchase_id: int) -> PurchaseView:
 
 
 def find_lost_intent(row: Any) -> PaymentIntentResult | None:
-    """The intent made for a purchase whose answer we never recorded, found by `purchase_id` in its metadata."""
+    """The intent made for a purchase whose answer we never recorded, found by its metadata (`names_purchase`)."""
     from datetime import timedelta
 
     since = row.created_at - timedelta(minutes=5)
     for candidate in provider.gateway().list_payment_intents(created_after=since, limit=1000):
-        if dict(candidate.metadata).get("purchase_id") == str(row.id):
+        if names_purchase(candidate.metadata, row):
             return candidate
     return None
 

@@ -54,8 +54,12 @@ def test_purchase_succeeds_grants_the_credit_once_with_a_receipt(fake: FakeGatew
     assert (lot.id, lot.source, lot.granted, lot.reference) == (view.lot_id, "purchase", TEN, f"purchase:{view.id}")
     intent = fake.retrieve_payment_intent(view.payment_intent_id)
     assert intent.customer and fake.succeeded_amount(intent.customer) == 1000
-    assert dict(intent.metadata) == {"purchase_id": str(view.id), "wallet_id": str(buyer.wallet_id),
-                                     "user_id": str(buyer.user_id), "kind": "purchase"}
+    with unit_of_work() as uow:
+        key = uow.session.execute(sa.text("SELECT idempotency_key FROM purchases WHERE id = :id"),
+                                  {"id": view.id}).scalar_one()
+    assert dict(intent.metadata) == {"purchase_id": str(view.id), "purchase_ref": service.purchase_ref(key),
+                                     "wallet_id": str(buyer.wallet_id), "user_id": str(buyer.user_id),
+                                     "kind": "purchase"}
     assert outbox_templates(database) == ["purchase_receipt"]
     with unit_of_work() as uow:
         template, to, context = outbox.read(uow.session, 1)

@@ -166,6 +166,39 @@ def test_unknown_intent_and_mismatch_grant_nothing(fake: FakeGateway, buyer: Buy
     audit_clean()
 
 
+def test_another_deployments_intent_for_the_same_purchase_id_grants_nothing(
+        fake: FakeGateway, buyer: Buyer, client: Any, database: Any, monkeypatch: pytest.MonkeyPatch):
+    """Purchase ids repeat across databases on one gateway account (staging, a test run): a succeeded intent
+    whose metadata says purchase_id N, same amount and currency, arriving while our purchase N has no intent
+    recorded yet, is not ours unless it carries purchase N's ref. Ours, delivered the same way, grants."""
+    pm = fake_card(fake, buyer.user_id)
+    original = fake.create_payment_intent
+    outcomes: list[str] = []
+
+    def foreign_then_ours(**kwargs: Any) -> Any:
+        result = original(**kwargs)
+        template = _succeeded_event(fake, result.id).event
+        obj = template["data"]["object"]
+        for event_id, ref in (("evt_foreign", None), ("evt_forged_ref", "0" * 32)):
+            meta = {k: v for k, v in obj["metadata"].items() if k != "purchase_ref"}
+            if ref:
+                meta["purchase_ref"] = ref
+            foreign = {**template, "id": event_id, "data": {"object": {**obj, "id": f"pi_{event_id}",
+                                                                        "metadata": meta}}}
+            assert post(client, fake.signed(foreign)).status_code == 200
+            assert ledger.get_wallet(buyer.wallet_id).balance == 0
+        assert post(client, _succeeded_event(fake, result.id)).status_code == 200
+        outcomes.extend(e["outcome"] for e in _events(database))
+        return result
+
+    monkeypatch.setattr(fake, "create_payment_intent", foreign_then_ours)
+    view = service.purchase(buyer.user_id, "10.00", pm)
+    assert outcomes == ["mismatch", "mismatch", "granted"]
+    assert view.status == "succeeded" and view.payment_intent_id not in ("pi_evt_foreign", "pi_evt_forged_ref")
+    assert len(ledger.lots(buyer.wallet_id)) == 1 and ledger.get_wallet(buyer.wallet_id).balance == TEN
+    audit_clean()
+
+
 def test_other_event_types_are_stored_and_ignored(fake: FakeGateway, client: Any, database: Any):
     body = {"id": "evt_customer", "object": "event", "type": "customer.created", "created": 1,
             "data": {"object": {"id": "cus_x", "object": "customer"}}}
