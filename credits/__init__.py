@@ -36,6 +36,9 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
         MAX_CONTENT_LENGTH=2 * 1024 * 1024,
     )
     app.session_interface = _SignedCookieSessionOnDemand()
+    from credits.web import converters
+
+    converters.register(app)  # before any route: `<int:...>` is a row id, bounded
     app.extensions["credits"] = {"config": settings, "db": database}
     Migrate(directory=str(config.PROJECT_ROOT / "migrations")).init_app(app)
     from credits.web.api import init_api
