@@ -15,7 +15,10 @@ What it does, all on 127.0.0.1:
      (app, bare; bare, app; ...), so that the ratio compares them under the same conditions on a shared,
      noisy machine; prints calls/s, p50/p99 per endpoint, requests/s of both, the ratio, and the CPU each
      request cost the server (gunicorn workers and this database's PostgreSQL backends) and the load process
-     (the load shares the machine's CPUs with the server: it is kept lean);
+     (the load shares the machine's CPUs with the server: it is kept lean), and how each round's connections
+     were spread over the gunicorn workers: gunicorn hands a new connection to whichever worker accepts first
+     and a kept-alive one stays there, so a round may have 16+0 (one worker, one core of Python, serving all
+     of them while the other idles) or 8+8; read the rounds' figures with it;
   3. POST /api/v1/cdrs end to end, batches of 1000, each on a new connection (as an exporter posting its
      files would): gunicorn hands a new connection to whichever worker accepts first, and kept-alive ones
      stay there, so with keep-alive the two senders often shared one worker (one core for both batches'
@@ -44,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -327,6 +331,9 @@ class Totals:
     def rates(self) -> list[float]:
         return [p["requests"] / p["elapsed"] for p in self.phases]
 
+    def spreads(self) -> list[str]:
+        return ["+".join(map(str, p["probe"])) if p.get("probe") else "?" for p in self.phases]
+
     def cost(self) -> str:
         n = max(self.sum("requests"), 1)
         app, db = (sum(p["cost"][k] for p in self.phases) * 1000 / n for k in ("app", "db"))
@@ -336,11 +343,41 @@ class Totals:
                 f"{xacts:.1f} transactions (pool pings count); load process {loader:.2f} ms CPU")
 
 
+def connections_per_worker(master_pid: int, port: int) -> list[int]:
+    """How many established connections to `port` each gunicorn worker holds, most first (from /proc)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # ESTABLISHED, server side
+                inodes.add(fields[9])
+    counts = []
+    for pid in _children(master_pid):
+        held = 0
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            held += target.startswith("socket:[") and target[8:-1] in inodes
+        counts.append(held)
+    return sorted(counts, reverse=True)
+
+
 def measure(url: str, server: Gunicorn, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Run one load phase against `server`; its summary with the server's cost during it."""
+    """Run one load phase against `server`; its summary with the server's cost during it, and how its
+    connections were spread over the gunicorn workers (read once, a moment into the phase)."""
     meter = CostMeter(url, server.proc.pid)
     before = meter.snapshot()
-    summary = run_load(kind, params)
+    summary = run_load(kind, params, probe=lambda: connections_per_worker(server.proc.pid, server.port))
     summary["cost"] = CostMeter.spent(before, meter.snapshot())
     meter.close()
     return summary
@@ -569,8 +606,12 @@ def _cdr_thread(port: int, key: str, until: float, callers: list[int], callees: 
     out.update(charged=charged, other=other, batch_ms=latencies)
 
 
+CONNECTED = "connected"
+
+
 def load_process(kind: str, params: dict[str, Any], results: Any) -> None:
-    """Entry point of the load process: run `kind`, put a summary on `results`."""
+    """Entry point of the load process: run `kind`; put CONNECTED on `results` once its connections are open,
+    then a summary."""
     started = time.monotonic()
     cpu0 = time.process_time()
     until = started + params.get("seconds", 0)
@@ -579,6 +620,7 @@ def load_process(kind: str, params: dict[str, Any], results: Any) -> None:
     if kind == "switch":
         clients = [_SwitchClient(params["port"], params["key"], params["callers"][i::n], params["callees"],
                                  f"{params['tag']}-{i}") for i in range(n)]
+        results.put(CONNECTED)
         _drive(clients, until)
         auth = sorted(x for c in clients for x in c.auth_ms)
         done = sorted(x for c in clients for x in c.done_ms)
@@ -587,12 +629,14 @@ def load_process(kind: str, params: dict[str, Any], results: Any) -> None:
                        complete=done)
     elif kind == "baseline":
         bare = [_BareClient(params["port"], params["ids"][i::n]) for i in range(n)]
+        results.put(CONNECTED)
         _drive(bare, until)
         summary.update(requests=sum(c.requests for c in bare), errors=sum(c.errors for c in bare),
                        latency=sorted(x for c in bare for x in c.latency))
     else:
         # Each sender owns the wallets i with i % senders == its number: concurrent batches never wait
         # for each other's wallet locks.
+        results.put(CONNECTED)  # (a connection per batch: nothing to probe)
         outs: list[dict[str, Any]] = [{} for _ in range(n)]
         threads = [threading.Thread(target=_cdr_thread, args=(params["port"], params["key"], until,
                                                               params["callers"][i::n], params["callees"],
@@ -609,13 +653,23 @@ def load_process(kind: str, params: dict[str, Any], results: Any) -> None:
     results.put(summary)
 
 
-def run_load(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+def run_load(kind: str, params: dict[str, Any], probe: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Run `kind` in a separate load process; its summary. `probe`, if given, is called once, a moment after
+    the load process has opened its connections, and its answer is the summary's "probe"."""
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     proc = ctx.Process(target=load_process, args=(kind, params, results))
     proc.start()
-    summary: dict[str, Any] = results.get(timeout=params.get("seconds", 0) + 900)
+    seconds = params.get("seconds", 0)
+    if results.get(timeout=120) != CONNECTED:
+        raise SystemExit("the load process did not start")
+    probed = None
+    if probe is not None:
+        time.sleep(min(0.2, seconds / 4))
+        probed = probe()
+    summary: dict[str, Any] = results.get(timeout=seconds + 900)
     proc.join(timeout=60)
+    summary["probe"] = probed
     return summary
 
 
@@ -754,6 +808,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
             f"    {base.cost()}",
             "  rounds (req/s app / bare): "
             + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(sw.rates(), base.rates(), strict=True)),
+            "  connections per gunicorn worker (app / bare, each round): "
+            + ", ".join(f"{a}/{b}" for a, b in zip(sw.spreads(), base.spreads(), strict=True)),
             f"  ratio (mix req/s / bare req/s)  {ratio:.2f}   target >= {TARGETS['ratio']}   "
             f"{mark(ratio >= TARGETS['ratio'])}",
             f"  POST /api/v1/cdrs     {cdrs_s:8,.0f} CDRs/s   target >= {TARGETS['cdrs_s']:,}   "
