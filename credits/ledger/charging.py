@@ -188,7 +188,7 @@ def bulk_update(session: Session, table: Table, key: str, rows: Sequence[dict[st
         return
     columns = [name for name in rows[0] if name != key]
 
-    def value(name: str, given: Any) -> Any:
+    def assign(name: str, given: Any) -> Any:
         return table.c[name] + given if name in increments else given
 
     if session.get_bind().dialect.name == "postgresql":
@@ -199,12 +199,12 @@ def bulk_update(session: Session, table: Table, key: str, rows: Sequence[dict[st
         ]).subquery("v")
         session.execute(
             update(table).where(table.c[key] == values.c[key])
-            .values({name: value(name, values.c[name]) for name in columns})
+            .values({name: assign(name, values.c[name]) for name in columns})
         )
         return
     session.execute(
         update(table).where(table.c[key] == bindparam(f"b_{key}"))
-        .values({name: value(name, bindparam(f"b_{name}")) for name in columns}),
+        .values({name: assign(name, bindparam(f"b_{name}")) for name in columns}),
         [{f"b_{name}": value for name, value in row.items()} for row in rows],
     )
 
