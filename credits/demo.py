@@ -100,12 +100,13 @@ def seed_rate_plan() -> bool:
     from credits import money
     from credits.rating import service as rating
     from credits.rating.engine import Rate
+    from credits.rating.models import DEFAULT_PLAN
 
-    if any(plan.name == "default" for plan in rating.list_plans()):
+    if any(plan.name == DEFAULT_PLAN for plan in rating.list_plans()):
         return False
     rates = [Rate(prefix, name, money.parse(price), money.parse(fee), first, nxt)
              for prefix, name, price, fee, first, nxt in DEMO_RATES]
-    rating.import_plan("default", rates, "USD")
+    rating.import_plan(DEFAULT_PLAN, rates, "USD")
     return True
 
 
@@ -119,6 +120,7 @@ def demo_seed() -> None:
     """Create the demo accounts and their credit (idempotent); print their logins and account numbers."""
     from credits import money
     from credits.errors import CreditsError
+    from credits.rating.models import DEFAULT_PLAN
 
     try:
         rows = seed()
@@ -130,4 +132,4 @@ def demo_seed() -> None:
             f"{row.user.role:9} account {row.account_number}  balance {money.format_display(row.balance, row.currency)}"
             + (f"  caller {row.caller}" if row.caller else "")
         )
-    click.echo(f"rate plan  default (USD): {', '.join(prefix for prefix, *_ in DEMO_RATES)}")
+    click.echo(f"rate plan  {DEFAULT_PLAN} (USD): {', '.join(prefix for prefix, *_ in DEMO_RATES)}")

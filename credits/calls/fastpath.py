@@ -36,14 +36,13 @@ from credits.ledger import fastpath as ledger_fastpath
 from credits.ledger.draw import draw, next_expiry
 from credits.rating import engine
 from credits.rating.engine import Rate
+from credits.rating.models import DEFAULT_PLAN
 from credits.rating.service import cached_prefix_table
 
 log = logging.getLogger(__name__)
 
 #: Off: every request takes the general path (tests compare the two on PostgreSQL).
 ENABLED = True
-
-DEFAULT_PLAN = "default"
 
 
 def active() -> bool:

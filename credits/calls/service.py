@@ -28,7 +28,7 @@ from credits.ledger import charging
 from credits.ledger.models import Hold, Lot, Wallet
 from credits.rating import engine
 from credits.rating.engine import Rate
-from credits.rating.models import RatePlan
+from credits.rating.models import DEFAULT_PLAN, RatePlan
 from credits.rating.service import prefix_table
 
 W: Table = Wallet.__table__  # type: ignore[assignment]
@@ -39,7 +39,6 @@ C: Table = Call.__table__  # type: ignore[assignment]
 CN: Table = CallerNumber.__table__  # type: ignore[assignment]
 PLANS: Table = RatePlan.__table__  # type: ignore[assignment]
 
-DEFAULT_PLAN = "default"
 MAX_DURATION_INPUT_S = 86_400
 MAX_BATCH = 1000
 REFUSALS = ("insufficient_credit", "unknown_caller", "no_rate", "account_frozen", "account_closed", "too_many_calls")

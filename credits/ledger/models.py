@@ -47,7 +47,7 @@ class Wallet(Base):
     #: Earliest expiry among lots with credit left (may be stale-early; never stale-late).
     next_expiry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    #: The rate plan its calls are rated with (None: the plan named "default").
+    #: The rate plan its calls are rated with (None: the plan named `credits.rating.models.DEFAULT_PLAN`).
     rate_plan_id: Mapped[int | None] = mapped_column(ForeignKey("rate_plans.id"))
     #: At most this many simultaneous calls share the credit (None: no limit).
     max_concurrent_calls: Mapped[int | None] = mapped_column(Integer)

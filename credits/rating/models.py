@@ -9,6 +9,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from credits.db import Base, BigInt, UTCDateTime
 
+#: The plan that rates a wallet without a plan of its own (`Wallet.rate_plan_id` None), by name; it rates only
+#: wallets of its own currency.
+DEFAULT_PLAN = "default"
+
 
 class RatePlan(Base):
     __tablename__ = "rate_plans"
