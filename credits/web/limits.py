@@ -2,17 +2,22 @@
 per account on failed password and code attempts.
 
 Storage is Redis when CREDITS_REDIS_URL is set (shared by every worker and instance: memory storage would give
-each gunicorn worker its own count), memory otherwise. The client IP is `request.remote_addr`, which only
-werkzeug's ProxyFix (CREDITS_PROXY_COUNT > 0) rewrites from X-Forwarded-For: a header sent by the client
-itself never changes the key. Per-account limits count failures only, tier by tier ("5 per minute; 10 per
-15 minutes; 100 per day"), so the wait grows with the failures, nobody is locked out for good, and a success
-clears the count.
+each gunicorn worker its own count), memory otherwise. When Redis cannot be reached (refused, or no answer
+within STORE_TIMEOUT_S), the limits are counted in the process's memory until it answers again (Flask-Limiter's
+in-memory fallback, which looks for Redis again after 1, 2, 4 ... 32 s), with a WARNING: sign-in neither fails
+with a 500 nor goes unthrottled because the limit store is down; the counts are per process meanwhile.
+
+The client IP is `request.remote_addr`, which only werkzeug's ProxyFix (CREDITS_PROXY_COUNT > 0) rewrites from
+X-Forwarded-For: a header sent by the client itself never changes the key. Per-account limits count failures
+only, tier by tier ("5 per minute; 10 per 15 minutes; 100 per day"), so the wait grows with the failures, nobody
+is locked out for good, and a success clears the count.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -21,11 +26,20 @@ from typing import Any, TypeVar
 from flask import Flask, Response, request
 from flask_limiter import Limiter
 from limits import RateLimitItem, parse_many
+from limits.errors import StorageError
+from limits.strategies import RateLimiter
 
 from credits import config
 from credits.errors import CreditsError, DomainError
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: Connect and read timeout towards Redis: a limit store that stops answering costs each request this much
+#: once, then the in-memory fallback takes over (without it, a blackholed Redis would hang sign-in for minutes).
+STORE_TIMEOUT_S = 0.5
 
 
 class TooManyAttempts(DomainError):
@@ -80,25 +94,47 @@ def account_key(value: object) -> str:
         return hashlib.sha256(str(value).lower().encode()).hexdigest()
 
 
+def _on_store(operation: Callable[[RateLimiter], T]) -> T:
+    """Run `operation` on the limiter's strategy; when Redis fails, switch to the in-memory fallback (as
+    Flask-Limiter does for the route limits) and run it there instead of failing the request."""
+    try:
+        return operation(limiter.limiter)
+    except StorageError as exc:
+        if not limiter._in_memory_fallback_enabled or limiter._storage_dead:  # noqa: SLF001 - its own switch
+            raise
+        log.warning("rate limit store unreachable (%s): counting in this process's memory until it answers",
+                    type(exc.storage_error).__name__)
+        limiter._storage_dead = True  # noqa: SLF001 - the flag its route limits and recovery check use
+        return operation(limiter.limiter)
+
+
 def _check(setting: str, kind: str, key: str) -> None:
-    strategy = limiter.limiter
-    waits = []
-    for item in _items(setting):
-        if not strategy.test(item, _prefix(), kind, key):
-            reset_at, _remaining = strategy.get_window_stats(item, _prefix(), kind, key)
-            waits.append(math.ceil(reset_at - time.time()))
-    if waits:
-        raise TooManyAttempts(max(waits))
+    def waits(strategy: RateLimiter) -> list[int]:
+        found = []
+        for item in _items(setting):
+            if not strategy.test(item, _prefix(), kind, key):
+                reset_at, _remaining = strategy.get_window_stats(item, _prefix(), kind, key)
+                found.append(math.ceil(reset_at - time.time()))
+        return found
+
+    if found := _on_store(waits):
+        raise TooManyAttempts(max(found))
 
 
 def _fail(setting: str, kind: str, key: str) -> None:
-    for item in _items(setting):
-        limiter.limiter.hit(item, _prefix(), kind, key)
+    def hit(strategy: RateLimiter) -> None:
+        for item in _items(setting):
+            strategy.hit(item, _prefix(), kind, key)
+
+    _on_store(hit)
 
 
 def _clear(setting: str, kind: str, key: str) -> None:
-    for item in _items(setting):
-        limiter.limiter.clear(item, _prefix(), kind, key)
+    def clear(strategy: RateLimiter) -> None:
+        for item in _items(setting):
+            strategy.clear(item, _prefix(), kind, key)
+
+    _on_store(clear)
 
 
 FAILURE_CODES = frozenset({"invalid_credentials", "mfa_invalid", "reauthentication_failed"})
@@ -167,6 +203,13 @@ def init_app(app: Flask, settings: config.Config) -> None:
             raise ConfigError(f"CREDITS_{name.upper()} is not a rate limit string: {exc}") from exc
     app.config["RATELIMIT_STORAGE_URI"] = settings.redis_url or "memory://"
     app.config.setdefault("RATELIMIT_ENABLED", True)
+    if settings.redis_url:
+        # Redis down: count in memory (logged once, Redis tried again with back-off) rather than a 500 on
+        # every limited route; errors wrapped as limits' StorageError so _on_store knows them.
+        app.config["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
+            "socket_connect_timeout": STORE_TIMEOUT_S, "socket_timeout": STORE_TIMEOUT_S, "wrap_exceptions": True,
+        }
     limiter.init_app(app)
     _skip_unlimited_blueprints(app)
 
