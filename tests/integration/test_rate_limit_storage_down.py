@@ -8,9 +8,13 @@ listens on (connection refused at once).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +29,7 @@ def _dead_port() -> int:
 
 
 DEAD_REDIS = f"redis://127.0.0.1:{_dead_port()}/0"
+OWN_REDIS_PORT = _dead_port()
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +77,67 @@ def test_the_account_throttle_alone_falls_back_when_it_meets_the_dead_store_firs
             with pytest.raises(limits.CreditsError), limits.account_throttle("login_account_limit", "login", "k1"):
                 raise limits.CreditsError("invalid_credentials")
         assert limits.limiter._storage_dead  # noqa: SLF001 - the fallback is in use
+
+
+class _RedisServer:
+    """A redis-server of this test's own on a free loopback port, started and stopped by its pid."""
+
+    def __init__(self, tmp_path: Path, port: int) -> None:
+        self.port = port
+        self.dir = tmp_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def keys(self) -> int:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        try:
+            return len(list(client.scan_iter(match="*login_ip_limit*")))
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = _RedisServer(tmp_path, OWN_REDIS_PORT)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"redis_url": f"redis://127.0.0.1:{OWN_REDIS_PORT}/0",
+                                                 "login_ip_limit": "50 per minute"}])
+def test_the_limits_go_back_to_redis_once_it_answers_again(own_redis, client, monkeypatch):
+    now = [time.time()]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+
+    def attempt() -> int:
+        return client.post("/api/v1/auth/login", json={"email": "u@example.com", "password": "x" * 8}).status_code
+
+    assert attempt() == 401 and own_redis.keys() == 1  # counted in Redis
+    own_redis.stop()
+    assert attempt() == 401 and limits.limiter._storage_dead  # noqa: SLF001 - Redis down: counted in memory
+    now[0] += 1.5
+    assert attempt() == 401 and limits.limiter._storage_dead  # noqa: SLF001 - looked again: still down
+    own_redis.start()  # an empty Redis (nothing saved), on the same port
+    now[0] += 100  # past any back-off (at most 32 s): the next limited request looks again and finds it
+    assert attempt() == 401
+    assert not limits.limiter._storage_dead  # noqa: SLF001
+    assert attempt() == 401 and own_redis.keys() == 1  # counted in Redis again
