@@ -173,7 +173,7 @@ def make_wallets(env: dict[str, str], count: int) -> None:
         user_ids, wallet_ids, number_ids = new_ids(users, n), new_ids(wallets, n), new_ids(numbers, n)
         tx_ids, lot_ids, leg_ids = new_ids(journal, n), new_ids(lots, n), new_ids(postings, n * len(legs))
         taken = {wallet["account_number"]}
-        account_numbers = []
+        account_numbers: list[str] = []
         while len(account_numbers) < n:
             candidate = ledger._new_account_number()
             if candidate not in taken:
@@ -290,10 +290,10 @@ class CostMeter:
     def snapshot(self) -> dict[str, Any]:
         time.sleep(1.2)  # PostgreSQL publishes its statistics about once a second
         with self.engine.connect() as conn:
-            backends = list(conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d "
-                                                 "AND pid <> pg_backend_pid()"), {"d": self.db}).scalars())
-            xacts = conn.execute(sa.text("SELECT xact_commit + xact_rollback FROM pg_stat_database "
-                                         "WHERE datname = :d"), {"d": self.db}).scalar_one()
+            backends: list[int] = list(conn.execute(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :d "
+                                                            "AND pid <> pg_backend_pid()"), {"d": self.db}).scalars())
+            xacts: int = conn.execute(sa.text("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                                              "WHERE datname = :d"), {"d": self.db}).scalar_one()
         return {"app": {p: _cpu_seconds(p) for p in [self.master, *_children(self.master)]},
                 "db": {p: _cpu_seconds(p) for p in backends}, "xacts": int(xacts)}
 
@@ -301,7 +301,9 @@ class CostMeter:
     def spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
         """CPU seconds of the app and of PostgreSQL, and transactions, between two snapshots."""
         def cpu(kind: str) -> float:
-            return sum(v - before[kind].get(p, 0.0) for p, v in after[kind].items())
+            was: dict[int, float] = before[kind]
+            now: dict[int, float] = after[kind]
+            return sum(v - was.get(p, 0.0) for p, v in now.items())
 
         return {"app": cpu("app"), "db": cpu("db"), "xacts": float(after["xacts"] - before["xacts"])}
 
@@ -320,7 +322,7 @@ class Totals:
 
     @property
     def elapsed(self) -> float:
-        return sum(p["elapsed"] for p in self.phases)
+        return sum(float(p["elapsed"]) for p in self.phases)
 
     def sum(self, name: str) -> int:
         return sum(int(p.get(name, 0)) for p in self.phases)
@@ -586,10 +588,11 @@ def _cdr_thread(port: int, key: str, until: float, callers: list[int], callees: 
         batches += 1
         # Sorted by caller: a batch is one transaction locking its wallets in item order.
         first = batches * 1000
-        batch = sorted(({"call_id": f"{tag}-{batches}-{j}", "caller": f"+{callers[(first + j) % len(callers)]}",
-                         "callee": rng.choice(callees), "duration_s": rng.randint(1, 600),
-                         "answered_at": (answered + timedelta(seconds=j)).isoformat().replace("+00:00", "Z"),
-                         "disposition": "answered"} for j in range(1000)), key=lambda c: c["caller"])
+        batch: list[dict[str, Any]] = sorted(
+            ({"call_id": f"{tag}-{batches}-{j}", "caller": f"+{callers[(first + j) % len(callers)]}",
+              "callee": rng.choice(callees), "duration_s": rng.randint(1, 600),
+              "answered_at": (answered + timedelta(seconds=j)).isoformat().replace("+00:00", "Z"),
+              "disposition": "answered"} for j in range(1000)), key=lambda c: c["caller"])
         t0 = time.perf_counter()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         try:
