@@ -13,7 +13,7 @@ from credits.errors import ConfigError
 
 ENVIRONMENTS = ("development", "test", "production")
 EXPIRY_POLICIES = ("per_lot", "rolling")
-MAIL_BACKENDS = ("smtp", "memory")
+MAIL_BACKENDS = ("smtp", "memory", "file")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEV_SECRET = "dev-insecure-secret-key-change-me"  # noqa: S105 - a named default, refused in production
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -76,8 +76,11 @@ class Config:
     email_verify_hours: int = 48
     #: Base of the links in emails ("this wasn't me", verification, receipts); https in production.
     public_url: str = "http://127.0.0.1:5000"
-    #: smtp: deliver through CREDITS_SMTP_*; memory: keep sent mail in the process (development without a relay).
+    #: smtp: deliver through CREDITS_SMTP_*; memory: keep sent mail in the process (development without a relay);
+    #: file: write each message as an .eml file into mail_dir (demos: its links can be followed).
     mail_backend: str = "smtp"
+    #: Where CREDITS_MAIL_BACKEND=file writes; absolute, since the app and jobs may start in other directories.
+    mail_dir: str = str(PROJECT_ROOT / "instance" / "mail")
     smtp_timeout_s: int = 10
     #: CA bundle (PEM) that signs the relay's certificate, when it is not publicly trusted; "" = system store.
     smtp_ca_file: str = ""
@@ -169,6 +172,8 @@ class Config:
             (self.mail_backend in MAIL_BACKENDS, f"CREDITS_MAIL_BACKEND must be one of {', '.join(MAIL_BACKENDS)}"),
             (not (self.is_production and self.mail_backend == "memory"),
              "CREDITS_MAIL_BACKEND=memory would lose every email in production"),
+            (not (self.is_production and self.mail_backend == "file"),
+             "CREDITS_MAIL_BACKEND=file would deliver no email in production (it only writes files)"),
             (1 <= self.smtp_port <= 65535, "CREDITS_SMTP_PORT must be between 1 and 65535"),
             (1 <= self.smtp_timeout_s <= 300, "CREDITS_SMTP_TIMEOUT_S must be between 1 and 300"),
             (1 <= self.mail_max_attempts <= 100, "CREDITS_MAIL_MAX_ATTEMPTS must be between 1 and 100"),
@@ -189,6 +194,7 @@ class Config:
             (1 <= self.email_verify_hours <= 24 * 7, "CREDITS_EMAIL_VERIFY_HOURS must be between 1 and 168"),
         ]
         problems += [message for ok, message in checks if not ok]
+        problems += self._mail_dir_problems()
         problems += self._payment_problems()
         for name in ("transfer_min", "transfer_max", "transfer_daily_limit"):
             try:
@@ -196,6 +202,16 @@ class Config:
             except Exception:  # noqa: BLE001 - any parse failure is a config problem
                 problems.append(f"CREDITS_{name.upper()} must be a positive decimal amount")
         return problems
+
+    def _mail_dir_problems(self) -> list[str]:
+        if self.mail_backend != "file":
+            return []  # the directory is not used: a stale setting must not stop the service
+        if not os.path.isabs(self.mail_dir):
+            return ["CREDITS_MAIL_DIR must be an absolute path (CREDITS_MAIL_BACKEND=file writes there)"]
+        # A missing directory is made at the first email; a file in its place would fail every delivery.
+        if os.path.exists(self.mail_dir) and not os.path.isdir(self.mail_dir):
+            return ["CREDITS_MAIL_DIR must be a directory, not a file"]
+        return []
 
     def _payment_problems(self) -> list[str]:
         from credits import money

@@ -1,14 +1,21 @@
-"""The mail port: `Mailer.send(message)`, with an SMTP implementation and an in-memory one, chosen from config."""
+"""The mail port: `Mailer.send(message)`, with SMTP, in-memory and file implementations, chosen from config."""
 
 from __future__ import annotations
 
+import copy
+import io
+import itertools
+import os
+import secrets
 import smtplib
 import ssl
 import threading
+from email.generator import BytesGenerator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Protocol
 
-from credits import config
+from credits import clock, config
 
 
 class MailError(Exception):
@@ -105,9 +112,70 @@ class MemoryMailer:
 MEMORY = MemoryMailer()
 
 
+def wire_bytes(message: EmailMessage) -> bytes:
+    """Serialise `message` as smtplib's `send_message` puts it on the wire: Bcc headers dropped, CRLF line ends."""
+    # A shallow copy, as smtplib makes: deleting a header rebinds the copy's header list, not the original's.
+    sent = copy.copy(message)
+    del sent["Bcc"]
+    del sent["Resent-Bcc"]
+    out = io.BytesIO()
+    BytesGenerator(out).flatten(sent, linesep="\r\n")
+    return out.getvalue()
+
+
+# Orders the names of files written in the same microsecond by this process (a frozen clock gives many).
+_FILE_SEQUENCE = itertools.count(1)
+_FILE_SEQUENCE_LOCK = threading.Lock()
+
+
+class FileMailer:
+    """Writes each message as an RFC 5322 `.eml` file into a directory (demos: emailed links can be followed)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    @classmethod
+    def from_config(cls, cfg: config.Config) -> FileMailer:
+        return cls(cfg.mail_dir)
+
+    def send(self, message: EmailMessage) -> None:
+        """Write `message` to `<directory>/<UTC time>-<sequence>-<random>.eml`, whole or not at all.
+
+        The bytes are those SmtpMailer would send (`wire_bytes`). Names sort by the time of writing and never
+        collide: the sequence orders one process's files within a microsecond, the random part keeps two
+        processes apart. The file is written under a hidden temporary name and renamed, so a reader sees all of
+        it or nothing; it is readable by the owner only (0600: it holds one-time links), and the directory is
+        made (0700) when missing. Raises MailError, not permanent, when the directory cannot be written: the
+        operator can fix that, and the outbox tries again.
+        """
+        data = wire_bytes(message)
+        with _FILE_SEQUENCE_LOCK:  # time and sequence together, so that a later sequence is never an earlier time
+            stamp, sequence = clock.now().strftime("%Y%m%dT%H%M%S.%fZ"), next(_FILE_SEQUENCE)
+        name = f"{stamp}-{sequence:06d}-{secrets.token_hex(4)}.eml"
+        final, temporary = self.directory / name, self.directory / f".{name}.tmp"
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # O_EXCL: never write through a file or symlink someone else put at the temporary name.
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    # Before the rename: a crash must not leave an empty file under the final name.
+                    os.fsync(out.fileno())
+                os.replace(temporary, final)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise MailError(f"mail directory not writable ({type(exc).__name__})") from exc
+
+
 def from_config(cfg: config.Config | None = None) -> Mailer:
     """The mailer the settings choose (the one place that picks between real and fake)."""
     cfg = cfg or config.current()
     if cfg.mail_backend == "memory":
         return MEMORY
+    if cfg.mail_backend == "file":
+        return FileMailer.from_config(cfg)
     return SmtpMailer.from_config(cfg)

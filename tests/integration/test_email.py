@@ -1,8 +1,11 @@
 """Email delivery (issue 5, deliverable 6): the outbox sent over SMTP to a real local server (aiosmtpd), retries
-with back-off, dead letters, TLS and AUTH, and the "this wasn't me" link of security notices."""
+with back-off, dead letters, TLS and AUTH, the "this wasn't me" link of security notices, and one Mailer contract
+for the SMTP, in-memory and file mailers."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import re
 from datetime import timedelta
 from typing import Any
@@ -35,6 +38,11 @@ def settings_overrides(smtp):
 def _outbox(database: Any) -> list[Any]:
     with database.engine.connect() as conn:
         return conn.execute(sa.select(OutboxMessage.__table__).order_by(OutboxMessage.id)).all()
+
+
+def _parsed(path: Any) -> Any:
+    """A message the file mailer wrote, read back as a receiving mail system would."""
+    return email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
 
 
 def _queue(template: str = "verify_email", to: str = "alice@example.com", **context: Any) -> int:
@@ -196,6 +204,27 @@ def test_memory_backend_is_chosen_from_config(app, database):
     assert isinstance(mailer.from_config(config.Config(mail_backend="smtp")), mailer.SmtpMailer)
 
 
+def test_file_backend_is_chosen_from_config_and_the_job_writes_the_message(app, database, tmp_path):
+    directory = tmp_path / "mail"
+    config.install(config.Config(**{**vars(config.current()), "mail_backend": "file", "mail_dir": str(directory)}))
+    assert isinstance(mailer.from_config(), mailer.FileMailer)
+    _queue()
+    assert delivery.deliver_due().as_dict() == {"sent": 1, "retried": 0, "dead": 0}
+    [path] = directory.glob("*.eml")
+    message = _parsed(path)
+    assert (message["To"], message["Subject"]) == ("alice@example.com", "Confirm your email address")
+    assert "https://credits.example.net/verify-email?token=abc" in body_text(message)
+    assert _outbox(database)[0].status == "sent"
+
+
+def test_file_mailer_unwritable_directory_is_retried(app, database, tmp_path):
+    taken = tmp_path / "mail"
+    taken.write_text("")  # a file where the directory should be: the operator can fix that, the mail waits
+    _queue()
+    assert delivery.deliver_due(mailer=mailer.FileMailer(taken)).as_dict() == {"sent": 0, "retried": 1, "dead": 0}
+    assert _outbox(database)[0].last_error.startswith("MailError: mail directory not writable")
+
+
 def test_memory_mailer_failures_follow_the_same_rules(app, database, clock):
     fake = mailer.MemoryMailer()
     fake.fail_next(mailer.MailError("busy"), times=1)
@@ -278,14 +307,18 @@ def test_notices_refuse_unknown_templates_and_missing_keys(make, database):
     assert _outbox(database) == []
 
 
-# ---------------------------------------------------------------- the Mailer port: one contract, two mailers
+# ---------------------------------------------------------------- the Mailer port: one contract, three mailers
 
 
-@pytest.fixture(params=["smtp", "memory"])
-def port(request, smtp):
-    """(mailer, inbox) for the real SMTP mailer (read back off the aiosmtpd server) and for the in-memory one."""
+@pytest.fixture(params=["smtp", "memory", "file"])
+def port(request, smtp, tmp_path):
+    """(mailer, inbox) for the real SMTP mailer (read back off the aiosmtpd server), the in-memory one and the file
+    one (read back off its directory, oldest first)."""
     if request.param == "smtp":
         return mailer.SmtpMailer("127.0.0.1", smtp.port), lambda n: smtp.wait_for(n)
+    if request.param == "file":
+        directory = tmp_path / "mail"
+        return mailer.FileMailer(directory), lambda n: [_parsed(p) for p in sorted(directory.glob("*.eml"))]
     fake = mailer.MemoryMailer()
     return fake, lambda n: list(fake.sent)
 
@@ -306,6 +339,9 @@ def test_mailer_contract_delivers_what_it_accepts(port, app):
     assert body_html(got[1]).strip() == "<p>Hello bob@example.com</p>"
 
 
+# A directory has no recipients to refuse: the file mailer's one failure, an unwritable directory, is temporary
+# (test_file_mailer_unwritable_directory_is_retried above).
+@pytest.mark.parametrize("port", ["smtp", "memory"], indirect=True)
 def test_mailer_contract_refusal_is_a_permanent_mail_error(port, smtp, app):
     send, inbox = port
     if isinstance(send, mailer.MemoryMailer):

@@ -1,13 +1,16 @@
 """`./scripts/run` for real: the demo starts the app (gunicorn), the jobs process and localstripe, the /buy page
-loads Stripe.js from that localstripe, a card payment goes through it with its signed webhook delivered, and
-Ctrl-C (SIGINT) or any one process exiting stops every process it started. localstripe writes no file.
+loads Stripe.js from that localstripe, a card payment goes through it with its signed webhook delivered, an email
+lands as a file whose link works, and Ctrl-C (SIGINT) or any one process exiting stops every process it started.
+localstripe writes no file.
 
-Each run keeps its database and logs in a temporary directory (CREDITS_RUN_INSTANCE_DIR), never in instance/.
-Every wait is bounded.
+Each run keeps its database, logs and emails in a temporary directory (CREDITS_RUN_INSTANCE_DIR), never in
+instance/. Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
 import re
@@ -28,6 +31,8 @@ from typing import Any, cast
 import pytest
 import stripe
 
+from credits import jobs
+from credits.notify import jobs as _notify_jobs  # noqa: F401 - registers deliver-outbox in the jobs table
 from credits.payments.localstripe_server import TEST_SECRET_KEY
 
 pytestmark = pytest.mark.slow
@@ -37,6 +42,8 @@ START_TIMEOUT_S = 180  # migrations, demo seed and three processes on a busy 2-c
 STOP_TIMEOUT_S = 60
 PICKLE = Path("/tmp/localstripe.pickle")  # noqa: S108 - where localstripe's own CLI would write its store
 DEMO_EMAIL, DEMO_PASSWORD = "alice@example.com", "alice-demo-password"  # from `flask --app wsgi demo seed`
+# The jobs process delivers the outbox on this interval; the margin covers the job's run on a busy machine.
+MAIL_WAIT_S = jobs.table()["deliver-outbox"].every_s + 15
 
 
 def free_port() -> int:
@@ -255,6 +262,18 @@ def micro(amount: str) -> int:
     return int(units) * 1_000_000 + int((frac + "000000")[:6])
 
 
+def wait_for_email(directory: Path, to: str, subject: str, deadline: float) -> tuple[Path, Any]:
+    """The first .eml file in `directory` to `to` with `subject`, once the jobs process has written it."""
+    while True:
+        for path in sorted(directory.glob("*.eml")):
+            message = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+            if (message["To"], message["Subject"]) == (to, subject):
+                return path, message
+        if time.monotonic() > deadline:
+            pytest.fail(f"no email {subject!r} in {directory}: {sorted(os.listdir(directory))}")
+        time.sleep(0.5)
+
+
 def webhook_events(db: Path, intent_id: str) -> list[tuple[str, str]]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
         return conn.execute("SELECT type, outcome FROM webhook_events WHERE object_id = ?", (intent_id,)).fetchall()
@@ -283,7 +302,8 @@ def test_run_serves_the_store_with_localstripe_and_ctrl_c_stops_everything(run: 
     stripe_base, stripe_port = match.group(1), int(match.group(2))
     for card in ("4242 4242 4242 4242", "4000 0025 0000 3155", "4000 0000 0000 0341"):
         assert card in message
-    assert "CREDITS_MAIL_BACKEND=memory" in message
+    mail = run.workdir / "instance" / "mail"
+    assert f"as a file in {mail}" in message and "CREDITS_MAIL_BACKEND=file" in message and mail.is_dir()
     assert "arrive with later features" not in message
     cmdlines = " ".join(cmdline(p) for p in run.children)
     for part in ("gunicorn wsgi:app", "jobs run", "credits.payments.localstripe_server"):
@@ -297,6 +317,11 @@ def test_run_serves_the_store_with_localstripe_and_ctrl_c_stops_everything(run: 
     web = Browser(run.base)
     with urllib.request.urlopen(f"{run.base}/healthz", timeout=10) as r:  # noqa: S310 - loopback
         assert r.status == 200
+
+    # Asked for now, the reset email is looked for after the payment below: deliver-outbox runs every 30 s.
+    asked_at = time.monotonic()
+    status, _ = web.api("POST", "/api/v1/auth/password-reset", {"email": DEMO_EMAIL})
+    assert status == 202
 
     # The /buy page loads Stripe.js from the loopback localstripe, which answers, under a CSP allowing it.
     sign_in_on_the_page(web)
@@ -332,6 +357,19 @@ def test_run_serves_the_store_with_localstripe_and_ctrl_c_stops_everything(run: 
     status, _, _ = web.request("GET", f"/pay?token={link_token}")
     assert status in (404, 410)
 
+    # The reset email is a file in the run's mail directory, owner-only, and its link sets a new password.
+    path, reset = wait_for_email(mail, DEMO_EMAIL, "Reset your password", asked_at + MAIL_WAIT_S)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    text = reset.get_body(("plain",)).get_content()
+    [link] = re.findall(rf"{re.escape(run.base)}(/reset-password\?token=[A-Za-z0-9_-]+)", text)
+    anon = Browser(run.base)
+    status, _, html = anon.request("GET", link)
+    reset_token = link.rpartition("=")[2]
+    assert status == 200 and f'value="{reset_token}"' in html, html[:2000]
+    status, _, html = anon.request("POST", "/reset-password", form={
+        "csrf_token": csrf_of(html), "token": reset_token, "password": "mauve-orbit-lantern-42"})
+    assert status == 200 and "Your password is changed" in html, html[:2000]
+
     # Ctrl-C: the script stops gunicorn (and its workers), the jobs process and localstripe.
     assert run.popen is not None
     run.popen.send_signal(signal.SIGINT)
@@ -341,6 +379,7 @@ def test_run_serves_the_store_with_localstripe_and_ctrl_c_stops_everything(run: 
     text = run.text()
     assert "==> stopping localstripe jobs gunicorn" in text
     assert "/pay" in text and link_token not in text
+    assert "/reset-password" in text and reset_token not in text  # the emailed token is in the file only
     assert (PICKLE.stat().st_mtime_ns if PICKLE.exists() else None) == pickle_before
 
 
