@@ -27,6 +27,9 @@ NAMING_CONVENTION = {
 
 #: 64-bit integer ids and amounts; INTEGER on SQLite so that primary keys autoincrement there.
 BigInt = BigInteger().with_variant(sqlite.INTEGER(), "sqlite")
+#: The largest row id (BIGINT, SQLite INTEGER): a larger number given as an id is refused before any query, which
+#: both backends would fail with an overflow error instead of finding nothing.
+MAX_ROW_ID = 2**63 - 1
 
 
 class Base(DeclarativeBase):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from credits.db import MAX_ROW_ID
+
 AMOUNT = validate.Regexp(r"^[0-9]{1,13}(\.[0-9]{1,6})?$", error='an amount is a decimal string such as "10.00"')
 PM_ID = validate.Regexp(r"^pm_[A-Za-z0-9_]{1,61}$", error="the payment method id Stripe.js returned (pm_...)")
 REASON = validate.Length(min=1, max=500)
@@ -87,7 +89,7 @@ class AutoRechargeOut(Schema):
 
 
 class RefundIn(Schema):
-    purchase_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    purchase_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=MAX_ROW_ID))
     amount = fields.String(required=True, validate=AMOUNT)
     reason = fields.String(required=True, validate=REASON)
     ticket = fields.String(validate=TICKET, allow_none=True)

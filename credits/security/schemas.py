@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from credits.db import MAX_ROW_ID
+
 DESCRIPTION = validate.Length(min=1, max=2000)
 TOKEN = validate.Length(min=16, max=128)
 REASON = validate.Length(min=1, max=500)
@@ -21,7 +23,7 @@ class CompromiseLinkIn(CompromiseIn):
 
 class UnauthorizedIn(Schema):
     since = fields.AwareDateTime(metadata={"description": "activity since this time is linked to the case"})
-    tx_ids = fields.List(fields.Integer(strict=True, validate=validate.Range(min=1, max=2**63 - 1)),
+    tx_ids = fields.List(fields.Integer(strict=True, validate=validate.Range(min=1, max=MAX_ROW_ID)),
                          validate=validate.Length(max=100),
                          metadata={"description": "transaction ids from the statement (yours only)"})
     description = fields.String(required=True, validate=DESCRIPTION)

@@ -12,7 +12,9 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.routing import IntegerConverter, Map
 
-MAX_ID = 2**63 - 1
+from credits.db import MAX_ROW_ID
+
+MAX_ID = MAX_ROW_ID
 
 
 class RowIdConverter(IntegerConverter):

@@ -10,11 +10,12 @@ import pytest
 import sqlalchemy as sa
 
 from credits import jobs
+from credits.db import MAX_ROW_ID
 from credits.errors import Forbidden, InsufficientCredit, LimitExceeded, ValidationError
 from credits.ledger import service as ledger
 from credits.payments import refunds, service
 from credits.payments.fake_gateway import FakeGateway
-from tests.conftest import row_counts
+from tests.conftest import row_counts, table_snapshot
 from tests.integration.payments_fixtures import *  # noqa: F403
 from tests.integration.payments_fixtures import Buyer, audit_clean, bearer, fake_card, staff
 
@@ -214,6 +215,23 @@ def test_staff_refund_api(fake: FakeGateway, buyer: Buyer, make: Any, client: An
     assert over.status_code == 422 and over.mimetype == "application/problem+json"
     assert client.get(f"/api/v1/staff/refunds/{refund['id']}", headers=agent_h).get_json()["status"] == "succeeded"
     audit_clean()
+
+
+@pytest.mark.parametrize("purchase_id", [MAX_ROW_ID + 1, 10**30])
+def test_staff_refund_of_a_purchase_id_beyond_bigint_is_400_and_changes_nothing(
+        fake: FakeGateway, buyer: Buyer, make: Any, client: Any, database: Any, purchase_id: int):
+    # Found by the API fuzz test: the number reached the query and both backends failed on it (a 500).
+    _paid(fake, buyer)
+    _agent, agent_h = staff(make, "support")
+    before = table_snapshot(database)
+    resp = client.post("/api/v1/staff/refunds", json={"purchase_id": purchase_id, "amount": "1.00", "reason": "x"},
+                       headers=agent_h)
+    assert resp.status_code == 400 and resp.mimetype == "application/problem+json"
+    assert resp.get_json()["errors"]["json"]["purchase_id"]
+    assert table_snapshot(database) == before
+    largest = client.post("/api/v1/staff/refunds", json={"purchase_id": MAX_ROW_ID, "amount": "1.00", "reason": "x"},
+                          headers=agent_h)
+    assert largest.status_code == 404  # the largest id is an id like any other: no such purchase
 
 
 def test_staff_credit_note_api(fake: FakeGateway, buyer: Buyer, make: Any, client: Any, database: Any):
