@@ -11,7 +11,7 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import phonenumbers
@@ -408,7 +408,18 @@ def update_call(call_id: str, elapsed_s: int) -> AuthorizeResult:
                                wallet.balance, available)
 
 
+#: The range of a call's answer and end times: the call's other end (an answer time plus a duration of up to
+#: MAX_DURATION_INPUT_S, or an end time less one) must still be a time. Beyond it, "9999-12-31T23:59:59-14:00"
+#: (no UTC equivalent) or "0001-01-01T00:00:00Z" less a duration overflowed in the arithmetic, a 500.
+EARLIEST_CALL_TIME = datetime.min.replace(tzinfo=UTC) + timedelta(seconds=MAX_DURATION_INPUT_S)
+LATEST_CALL_TIME = datetime.max.replace(tzinfo=UTC) - timedelta(seconds=MAX_DURATION_INPUT_S)
+
+
 def _parse_time(value: object, name: str) -> datetime | None:
+    """An ISO-8601 time with a timezone, as UTC, within the call time range; None stays None.
+
+    Raises ValidationError (not a time, no timezone, out of range).
+    """
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -422,7 +433,13 @@ def _parse_time(value: object, name: str) -> datetime | None:
         raise ValidationError(f"{name} must be an ISO-8601 time", field=name)
     if parsed.tzinfo is None:
         raise ValidationError(f"{name} must carry a timezone (e.g. Z)", field=name)
-    return clock.utc(parsed)
+    try:
+        utc = clock.utc(parsed)
+    except OverflowError:
+        utc = None  # no UTC equivalent (year 1 ahead of UTC, year 9999 behind it)
+    if utc is None or not EARLIEST_CALL_TIME <= utc <= LATEST_CALL_TIME:
+        raise ValidationError(f"{name} is out of range", field=name)
+    return utc
 
 
 def complete(call_id: str, duration_s: int, disposition: str, *, answered_at: object = None,

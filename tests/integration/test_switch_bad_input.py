@@ -112,6 +112,12 @@ BAD_COMPLETE = {
     "answered_at not a time": {**COMPLETE, "answered_at": "yesterday"},
     "answered_at without timezone": {**COMPLETE, "answered_at": "2026-11-22T10:00:00"},
     "end_reason too long": {**COMPLETE, "end_reason": "x" * 33},
+    # Found by the API fuzz test (500s): times with no UTC equivalent, or too near the ends of the calendar
+    # for the call's duration (the answer or end time computed from them overflowed).
+    "answered_at after year 9999 in UTC": {**COMPLETE, "answered_at": "9999-12-31T23:59:59-14:00"},
+    "ended_at before year 1 in UTC": {**COMPLETE, "ended_at": "0001-01-01T00:00:00+14:00"},
+    "ended_at too early for the duration": {**COMPLETE, "ended_at": "0001-01-01T00:00:00Z"},
+    "answered_at too late for the duration": {**COMPLETE, "answered_at": "9999-12-31T23:59:59Z"},
 }
 
 
@@ -225,6 +231,23 @@ def test_cdrs_malformed_batch_is_400(switch, call_in_progress, database, clock, 
     stale_key(clock)
     with writes_nothing(database):
         problem(switch.post("/cdrs", body), 400)
+
+
+OUT_OF_RANGE_TIMES = ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z",
+                      "0001-01-01T00:00:00Z"]
+
+
+def test_cdrs_with_times_out_of_range_are_rejected_alone(switch, call_in_progress, database):
+    # Found by the API fuzz test: one such item failed the whole batch with a 500.
+    bad = [{**cdr(i, call_in_progress.phone), "answered_at": t} for i, t in enumerate(OUT_OF_RANGE_TIMES)]
+    with writes_nothing(database):
+        resp = switch.cdrs(bad)
+    assert resp.status_code == 200, resp.get_json()
+    assert [(r["status"], r["error"]) for r in resp.get_json()["results"]] == [
+        ("rejected", "answered_at is out of range")] * len(bad)
+    good = cdr(9, call_in_progress.phone)
+    results = switch.cdrs([bad[0], good]).get_json()["results"]
+    assert [r["status"] for r in results] == ["rejected", "charged"]
 
 
 def test_more_than_1000_cdrs_is_400_and_nothing_is_charged(switch, call_in_progress, database, clock):
