@@ -769,13 +769,18 @@ def call_history(wallet_id: int, *, start: datetime | None = None, end: datetime
     """The wallet's calls, newest first, filtered by authorisation time [start, end), keyset-paginated.
 
     Pass a page's `next_cursor` as `after` for the next (older) page. Raises ValidationError (limit, cursor,
-    a range without timezone or backwards) and NotFound (wallet).
+    a range without timezone, with no UTC equivalent, or backwards) and NotFound (wallet).
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
         raise ValidationError("limit must be between 1 and 1000", field="limit")
     for name, bound in (("start", start), ("end", end)):
         if bound is not None and (not isinstance(bound, datetime) or bound.tzinfo is None):
             raise ValidationError(f"{name} must be a time with a timezone", field=name)
+        try:
+            if bound is not None:
+                clock.utc(bound)  # the query compares in UTC
+        except OverflowError as exc:  # no UTC equivalent (year 1 ahead of UTC, year 9999 behind it): was a 500
+            raise ValidationError(f"{name} is out of range", field=name) from exc
     if start and end and start >= end:
         raise ValidationError("start must be before end", field="start")
     # ASCII digits that fit a BIGINT: "²".isdigit() is true, and a 19-digit number may overflow the column.

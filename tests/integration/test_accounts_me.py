@@ -134,6 +134,22 @@ def test_statement_pages_with_running_balance(client, me):
         assert r.status_code == 400, bad
 
 
+@pytest.mark.parametrize("query", [
+    {"start": "9999-12-31T23:59:59-14:00"},
+    {"end": "0001-01-01T00:00:00+14:00"},
+    {"end": "0001-01-01T00:00:00+14:00", "format": "csv"},
+], ids=["start-after-year-9999-in-utc", "end-before-year-1-in-utc", "csv"])
+def test_calls_range_without_a_utc_equivalent_is_400_and_changes_nothing(client, me, database, query):
+    # Found by the API fuzz test: the time overflowed when converted to UTC for the query (a 500).
+    before = table_snapshot(database)
+    r = client.get("/api/v1/me/calls", query_string=query)
+    assert r.status_code == 400 and r.mimetype == "application/problem+json", r.get_data(as_text=True)
+    assert r.json["code"] == "invalid_input" and r.json["field"] == next(iter(query))
+    assert table_snapshot(database) == before
+    latest = client.get("/api/v1/me/calls", query_string={"start": "9999-12-31T23:59:59+00:00"})
+    assert latest.status_code == 200 and latest.json["calls"] == []
+
+
 def test_calls_json_and_csv(client, me, switch, plan, clock):
     csrf, profile = me
     client.patch("/api/v1/me", json={"phone": "+6591234567", "current_password": PASSWORD}, headers=csrf)
