@@ -29,6 +29,9 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
     database = db.configure(settings.sqlalchemy_url())
 
     app = Flask(__name__, template_folder=str(config.PROJECT_ROOT / "templates"))
+    from credits.web.json_body import JSONProvider
+
+    app.json = JSONProvider(app)  # request bodies the decoder cannot take are a 400 (credits.web.json_body)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         PROPAGATE_EXCEPTIONS=False,

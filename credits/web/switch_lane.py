@@ -45,7 +45,7 @@ from credits.accounts import apikeys
 from credits.calls import service
 from credits.calls.api import authorize_body, complete_body
 from credits.calls.models import DISPOSITIONS
-from credits.web import card_guard, headers
+from credits.web import card_guard, headers, json_body
 from credits.web.auth import parse_bearer
 from credits.web.errors import choose_request_id
 from credits.web.request_log import log as access_log
@@ -160,8 +160,8 @@ class SwitchLane:
                started: float) -> tuple[list[tuple[str, str]], bytes] | None:
         """The answer's headers and body, or None when Flask must serve the request (nothing written then)."""
         try:
-            body = json.loads(raw.decode())
-        except ValueError:
+            body = json_body.loads(raw.decode())
+        except (ValueError, json_body.BodyRefused):
             return None
         if not isinstance(body, dict) or _holds_card_number(body):
             return None
