@@ -54,6 +54,9 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
     from credits.web import card_guard
 
     card_guard.register(app)  # first before_request hook: card numbers are refused before anything sees them
+    from credits.web import text_guard
+
+    text_guard.register(app)  # second: NUL and unpaired surrogates, which no field can hold
     app.register_blueprint(payments_api.hooks)
     app.cli.add_command(payments_cli)
     from credits.web import headers, limits

@@ -8,7 +8,8 @@ requests/s of a bare endpoint doing one durable UPDATE).
 
 What the lane does for a request it takes is what the Flask route does, in the same order, through the
 same functions:
-  - the card-number guard (CHECKLIST I55) on every body value the guard would check;
+  - the card-number guard (CHECKLIST I55) on every body value the guard would check, and the text guard's rule
+    (no NUL, no unpaired surrogate) on the free-text fields;
   - the API key (scope switch, the key's IP allowlist against REMOTE_ADDR, so behind ProxyFix when one is
     configured), judged before anything else but read by the service's first statement (`apikeys.precheck`,
     credits.db.Precheck: one round trip fewer), then `apikeys.record_use`;
@@ -45,7 +46,7 @@ from credits.accounts import apikeys
 from credits.calls import service
 from credits.calls.api import authorize_body, complete_body
 from credits.calls.models import DISPOSITIONS
-from credits.web import card_guard, headers, json_body
+from credits.web import card_guard, headers, json_body, text_guard
 from credits.web.auth import parse_bearer
 from credits.web.errors import choose_request_id
 from credits.web.request_log import log as access_log
@@ -108,7 +109,7 @@ def _complete_args(body: dict[str, Any]) -> dict[str, Any] | None:
         return None
     for name, longest in (("answered_at", 40), ("ended_at", 40), ("end_reason", 32)):
         value = body.get(name)
-        if value is not None and not (isinstance(value, str) and len(value) <= longest):
+        if value is not None and not (isinstance(value, str) and len(value) <= longest and text_guard.is_text(value)):
             return None
     return {"duration_s": duration, "disposition": body["disposition"], "answered_at": body.get("answered_at"),
             "ended_at": body.get("ended_at"), "end_reason": body.get("end_reason")}
