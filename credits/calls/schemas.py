@@ -77,20 +77,24 @@ class CompleteOut(Schema):
 
 
 class CdrIn(Schema):
-    """One CDR (documented shape; each item is validated on its own so that one bad item is rejected alone)."""
+    """One CDR: its documented shape, the component "Cdr" (credits.web.api). Never loaded: the service checks each
+    item on its own (calls.service._parse_cdr), so that one bad item is rejected alone."""
 
-    call_id = fields.String(required=True)
-    caller = fields.String(required=True)
-    callee = fields.String(required=True)
-    duration_s = fields.Integer(required=True)
-    answered_at = fields.String(required=True)
-    disposition = fields.String(validate=validate.OneOf(DISPOSITIONS))
-    account = fields.String()
+    call_id = fields.String(required=True, validate=CALL_ID)
+    caller = fields.String(validate=NUMBER, metadata={"description": "required unless account is given"})
+    callee = fields.String(required=True, validate=NUMBER)
+    duration_s = fields.Integer(required=True, strict=True, validate=SECONDS)
+    answered_at = fields.String(required=True, validate=validate.Length(max=40),
+                                metadata={"description": "ISO-8601 time with a timezone"})
+    disposition = fields.String(validate=validate.OneOf(DISPOSITIONS), metadata={"description": "default answered"})
+    account = fields.String(validate=ACCOUNT, metadata={"description": "account number; wins over caller"})
 
 
 class CdrsIn(Schema):
-    cdrs = fields.List(fields.Raw(), required=True, validate=validate.Length(min=1, max=1000),
-                       metadata={"items": {"$ref": "#/components/schemas/Cdr"}})
+    # Items are Raw, not Nested(CdrIn): a bad item must not refuse the batch. The document still names their
+    # shape (a bare "items" in the metadata was overwritten by the Raw field's empty schema).
+    cdrs = fields.List(fields.Raw(metadata={"allOf": [{"$ref": "#/components/schemas/Cdr"}]}), required=True,
+                       validate=validate.Length(min=1, max=1000))
 
 
 class CdrResultOut(Schema):

@@ -29,6 +29,9 @@ def init_api(app: Flask) -> Api:
     )
     api = Api(app)
     from credits.calls.api import blp as calls_blp
+    from credits.calls.schemas import CdrIn
+
+    api.spec.components.schema("Cdr", schema=CdrIn)  # the items of POST /api/v1/cdrs (see CdrsIn)
 
     api.register_blueprint(calls_blp)
     from credits.payments.api import blp as payments_blp

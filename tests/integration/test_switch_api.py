@@ -301,6 +301,13 @@ def test_openapi_documents_the_switch_api(client, app):
     for path in ("/api/v1/calls/authorize", "/api/v1/calls/{call_id}/update", "/api/v1/calls/{call_id}/complete",
                  "/api/v1/cdrs", "/api/v1/balance", "/api/v1/quote"):
         assert path in doc["paths"], path
+    schemas = doc["components"]["schemas"]
+    body = doc["paths"]["/api/v1/cdrs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    items = schemas[body["$ref"].rsplit("/", 1)[1]]["properties"]["cdrs"]["items"]
+    cdr = schemas[items["allOf"][0]["$ref"].rsplit("/", 1)[1]]  # the items' shape is documented (DESIGN §5)
+    assert set(cdr["properties"]) == {"call_id", "caller", "callee", "duration_s", "answered_at", "disposition",
+                                      "account"}
+    assert set(cdr["required"]) == {"call_id", "callee", "duration_s", "answered_at"}
 
 
 def test_balance_and_quote_do_not_count_credit_that_has_expired(switch, callers, clock, database):
