@@ -215,3 +215,31 @@ def statements(database: db_mod.Database) -> Iterator[list[str]]:
     finally:
         db_mod.raw_statement_hooks.remove(raw)
         sa.event.remove(database.engine, "before_cursor_execute", before)
+
+
+@pytest.fixture(name="principals")
+def principals_fixture(app: Any, make: Any, callers: CallerFactory, clock: Any) -> dict[str | None, dict[str, str]]:
+    """Request headers of each kind of caller: a customer, a support member, the switch (whose key has just
+    authorised call c-1) and nobody; for tests that send the same bad input to every kind of route."""
+    from tests.integration.payments_fixtures import bearer, staff
+
+    caller = callers()
+    key = apikeys.create_key("switch-1", "switch")
+    switch = {"Authorization": f"Bearer {key.secret}"}
+    call = {"call_id": "c-1", "caller": caller.phone, "callee": SG_CALLEE}
+    assert app.test_client().post("/api/v1/calls/authorize", json=call, headers=switch).json["authorized"]
+    clock.advance(seconds=120)  # the key's last use is due to be written again: a refused request must not write it
+    return {"customer": bearer(caller.account.user_id), "support": staff(make, "support")[1], "switch": switch,
+            None: {}}
+
+
+@pytest.fixture(name="lane", params=[True, False], ids=["lane-on", "lane-off"])
+def lane_fixture(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Run the test with the switch lane on, then off (Flask alone)."""
+    from credits.web import switch_lane
+
+    switch_lane.ENABLED = request.param
+    try:
+        yield request.param
+    finally:
+        switch_lane.ENABLED = True

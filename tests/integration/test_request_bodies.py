@@ -9,16 +9,18 @@ before Flask could answer at all).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from credits.accounts import apikeys
-from credits.web import json_body, switch_lane
+from credits.web import json_body
 from tests.conftest import table_snapshot
-from tests.integration.payments_fixtures import bearer, staff
-from tests.integration.switch_fixtures import SG_CALLEE, callers_fixture, plan_fixture  # noqa: F401
+from tests.integration.switch_fixtures import (  # noqa: F401
+    SG_CALLEE,
+    callers_fixture,
+    lane_fixture,
+    plan_fixture,
+    principals_fixture,
+)
 
 PROBLEM = "application/problem+json"
 #: 4000 bytes: small enough for the switch lane to read (switch_lane.MAX_BODY).
@@ -30,18 +32,6 @@ BODIES = {
 }
 
 
-@pytest.fixture(name="principals")
-def principals_fixture(app: Any, make: Any, callers: Any, clock: Any) -> dict[str | None, dict[str, str]]:
-    caller = callers()
-    switch_key = apikeys.create_key("switch-1", "switch")
-    switch = {"Authorization": f"Bearer {switch_key.secret}"}
-    call = {"call_id": "c-1", "caller": caller.phone, "callee": SG_CALLEE}
-    assert app.test_client().post("/api/v1/calls/authorize", json=call, headers=switch).json["authorized"]
-    clock.advance(seconds=120)  # the key's last use is due to be written again: a refused request must not
-    return {"customer": bearer(caller.account.user_id), "support": staff(make, "support")[1], "switch": switch,
-            None: {}}
-
-
 ROUTES = [
     ("PATCH", "/api/v1/me", "customer"),
     ("POST", "/api/v1/me/transfers", "customer"),
@@ -51,15 +41,6 @@ ROUTES = [
     ("POST", "/api/v1/calls/c-1/complete", "switch"),
     ("POST", "/api/v1/cdrs", "switch"),
 ]
-
-
-@pytest.fixture(params=[True, False], ids=["lane-on", "lane-off"])
-def lane(request: pytest.FixtureRequest) -> Iterator[bool]:
-    switch_lane.ENABLED = request.param
-    try:
-        yield request.param
-    finally:
-        switch_lane.ENABLED = True
 
 
 @pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())

@@ -7,41 +7,21 @@ refuses it), and an unpaired surrogate in a sign-in password was a 500 on both b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
-from credits.accounts import apikeys
-from credits.web import switch_lane, text_guard
+from credits.web import text_guard
 from tests.conftest import table_snapshot
 from tests.integration.accounts_helpers import ADULT, PASSWORD
-from tests.integration.payments_fixtures import bearer, staff
-from tests.integration.switch_fixtures import SG_CALLEE, callers_fixture, plan_fixture  # noqa: F401
+from tests.integration.switch_fixtures import (  # noqa: F401
+    SG_CALLEE,
+    callers_fixture,
+    lane_fixture,
+    plan_fixture,
+    principals_fixture,
+)
 
 PROBLEM = "application/problem+json"
 FACTORY_PASSWORD = "correct horse battery"  # tests.conftest.Factory's
-
-
-@pytest.fixture(name="principals")
-def principals_fixture(app: Any, make: Any, callers: Any, clock: Any) -> dict[str | None, dict[str, str]]:
-    caller = callers()
-    key = apikeys.create_key("switch-1", "switch")
-    switch = {"Authorization": f"Bearer {key.secret}"}
-    call = {"call_id": "c-1", "caller": caller.phone, "callee": SG_CALLEE}
-    assert app.test_client().post("/api/v1/calls/authorize", json=call, headers=switch).json["authorized"]
-    clock.advance(seconds=120)  # the key's last use is due to be written again: a refused request must not
-    return {"customer": bearer(caller.account.user_id), "support": staff(make, "support")[1], "switch": switch,
-            None: {}}
-
-
-@pytest.fixture(params=[True, False], ids=["lane-on", "lane-off"])
-def lane(request: pytest.FixtureRequest) -> Iterator[bool]:
-    switch_lane.ENABLED = request.param
-    try:
-        yield request.param
-    finally:
-        switch_lane.ENABLED = True
 
 
 #: (who, method, path, JSON body, the field named in the answer)
