@@ -14,14 +14,12 @@ from werkzeug.routing import IntegerConverter, Map
 
 from credits.db import MAX_ROW_ID
 
-MAX_ID = MAX_ROW_ID
-
 
 class RowIdConverter(IntegerConverter):
     regex = r"\d{1,19}"
 
     def __init__(self, map: Map, fixed_digits: int = 0, min: int | None = None,  # noqa: A002 - werkzeug's names
-                 max: int | None = MAX_ID, signed: bool = False) -> None:  # noqa: A002
+                 max: int | None = MAX_ROW_ID, signed: bool = False) -> None:  # noqa: A002
         super().__init__(map, fixed_digits=fixed_digits, min=min, max=max, signed=signed)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from credits.web.converters import MAX_ID
+from credits.db import MAX_ROW_ID as MAX_ID
 from tests.integration.accounts_helpers import signed_in, staff_client
 
 HUGE = ["9223372036854775808", "99999999999999999999", "1" * 5000]
