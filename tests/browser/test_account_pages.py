@@ -11,6 +11,7 @@ from typing import Any
 
 import pyotp
 import pytest
+from playwright.sync_api import expect
 
 from tests.browser.stack import PASSWORD, Stack, link_in, sign_in, text_of
 
@@ -37,18 +38,19 @@ def test_G49_sign_up_in_the_browser_then_verify_the_email_from_its_link(browsers
     page.get_by_label("Year").fill("1990")  # 1990 had no 29 February: a readable error, nothing stored
     page.get_by_label("Country").fill("GB")
     page.get_by_role("button", name="Create account").click()
-    assert page.locator("#error").inner_text() == "That date does not exist. Check the day and the month."
+    # After a click the old page may still be showing: these checks retry until the new one is in (or time out).
+    expect(page.locator("#error")).to_have_text("That date does not exist. Check the day and the month.")
     assert page.get_by_label("Email address").input_value() == email  # the form keeps what was typed
 
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_label("Year").fill("1992")
     page.get_by_role("button", name="Create account").click()
-    assert page.get_by_role("heading", name="Check your inbox").is_visible()
+    expect(page.get_by_role("heading", name="Check your inbox")).to_be_visible()
 
     message = stack.mail.wait_for(email, "/verify-email?token=")
     page.goto(link_in(message, "/verify-email"))  # opening the link changes nothing by itself
     page.get_by_role("button", name="Confirm my email address").click()
-    assert page.get_by_role("heading", name="Your email address is confirmed").is_visible()
+    expect(page.get_by_role("heading", name="Your email address is confirmed")).to_be_visible()
 
     sign_in(page, email)
     assert page.locator("#balance").inner_text() == "0.00 USD"
@@ -71,10 +73,10 @@ def test_sign_in_with_a_second_factor_enrolled_from_the_qr_page(browsers: Any, s
 
     page.get_by_label("Code from the app").fill("12345")
     page.get_by_role("button", name="Turn on two-step verification").click()
-    assert page.locator("#error").is_visible()
+    expect(page.locator("#error")).to_be_visible()
     page.get_by_label("Code from the app").fill(totp.now())
     page.get_by_role("button", name="Turn on two-step verification").click()
-    assert page.locator("#recovery-codes li").count() == 10
+    expect(page.locator("#recovery-codes li")).to_have_count(10)
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/login")
@@ -104,6 +106,7 @@ def test_P104_compromise_report_from_the_wasnt_me_link_of_a_security_email(brows
     report_page.goto(link_in(notice, "/security/compromised"))
     report_page.get_by_label("Anything support should know? (optional)").fill("I did not sign in from that browser.")
     report_page.get_by_role("button", name="Lock my account").click()
+    expect(report_page.locator("#reference")).not_to_be_empty()
     reference = report_page.locator("#reference").inner_text()
     assert reference
 
@@ -113,5 +116,5 @@ def test_P104_compromise_report_from_the_wasnt_me_link_of_a_security_email(brows
     intruder.get_by_label("Email address").fill(email)
     intruder.get_by_label("Password").fill(PASSWORD)
     intruder.get_by_role("button", name="Sign in").click()
-    assert "choose a new password first" in intruder.locator("#error").inner_text()
+    expect(intruder.locator("#error")).to_contain_text("choose a new password first")
     assert reference in text_of(stack.mail.wait_for(email, reference))  # the acknowledgement
