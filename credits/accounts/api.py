@@ -8,12 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from flask import Response, after_this_request, g, request, stream_with_context
-from flask_smorest import Blueprint
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from marshmallow import RAISE
 
 from credits import config, money
 from credits.accounts import mfa, schemas, service, sessions, signin, transfers
+from credits.web.api import SESSION_SECURITY as SECURITY
+from credits.web.api import Blueprint
 from credits.web.auth import (
     clear_session_cookie,
     current_user_id,
@@ -30,7 +31,6 @@ me_blp = Blueprint("me", __name__, url_prefix="/api/v1/me",
                    description="The signed-in customer's profile, wallet, statement, calls, sessions and security")
 staff_sessions_blp = Blueprint("staff_sessions", __name__, url_prefix="/api/v1/staff",
                                description="Staff: account security")
-SECURITY: list[dict[str, list[str]]] = [{"sessionCookie": []}, {"personalToken": []}]
 
 #: Non-identifying retry block after a refused sign-up (G50): a signed timestamp, nothing about the person.
 SIGNUP_BLOCK_COOKIE = "__Host-signup-block"
@@ -313,7 +313,7 @@ def _call(r: Any) -> dict[str, Any]:
 @login_required
 @me_blp.arguments(schemas.CallsQuery, location="query", unknown=RAISE)
 @me_blp.response(200, schemas.CallsOut)
-@me_blp.doc(security=SECURITY)
+@me_blp.doc(security=SECURITY, responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 def calls(args: dict[str, Any]) -> Any:
     """Call records, newest first (`?start=&end=` ISO times with zone, `?after=` keyset); `?format=csv` for all
     of them in the range as CSV."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from credits import money
 from credits.calls import schemas, service
 from credits.rating.engine import Rate
+from credits.web.api import Blueprint
 from credits.web.auth import require_api_key
 from credits.web.limits import limiter
 

@@ -8,10 +8,11 @@ from typing import Any
 from flask import Blueprint as FlaskBlueprint
 from flask import jsonify, request
 from flask.typing import ResponseReturnValue
-from flask_smorest import Blueprint
 
 from credits import money
 from credits.payments import auto_recharge, cards, refunds, schemas, service, webhooks
+from credits.web.api import SESSION_SECURITY as SECURITY
+from credits.web.api import Blueprint
 from credits.web.auth import current_user_id, login_required, staff_required
 
 blp = Blueprint("payments", __name__, url_prefix="/api/v1/me",
@@ -50,6 +51,7 @@ def auto_recharge_body(a: auto_recharge.AutoRechargeView) -> dict[str, Any]:
 
 @blp.route("/payment-methods", methods=["POST"])
 @login_required
+@blp.doc(security=SECURITY)
 @blp.arguments(schemas.CardIn)
 @blp.response(201, schemas.CardSetupOrCardOut)
 def add_card(body: dict[str, Any]) -> dict[str, Any]:
@@ -65,6 +67,7 @@ def add_card(body: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/payment-methods", methods=["GET"])
 @login_required
+@blp.doc(security=SECURITY)
 @blp.response(200, schemas.CardsOut)
 def list_cards() -> dict[str, Any]:
     """The saved cards: brand, last 4 digits, expiry."""
@@ -73,6 +76,7 @@ def list_cards() -> dict[str, Any]:
 
 @blp.route("/payment-methods/<string:payment_method>", methods=["DELETE"])
 @login_required
+@blp.doc(security=SECURITY)
 @blp.response(204)
 def remove_card(payment_method: str) -> None:
     """Remove a saved card (auto-recharge on it is switched off)."""
@@ -81,6 +85,7 @@ def remove_card(payment_method: str) -> None:
 
 @blp.route("/purchases", methods=["POST"])
 @login_required
+@blp.doc(security=SECURITY)
 @blp.arguments(schemas.PurchaseIn)
 @blp.response(201, schemas.PurchaseOut)
 def create_purchase(body: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +98,7 @@ def create_purchase(body: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/purchases/<int:purchase_id>", methods=["GET"])
 @login_required
+@blp.doc(security=SECURITY)
 @blp.response(200, schemas.PurchaseOut)
 def get_purchase(purchase_id: int) -> dict[str, Any]:
     """A purchase, settled with the gateway first while it is open (after 3-D Secure)."""
@@ -101,6 +107,7 @@ def get_purchase(purchase_id: int) -> dict[str, Any]:
 
 @blp.route("/auto-recharge", methods=["PUT"])
 @login_required
+@blp.doc(security=SECURITY)
 @blp.arguments(schemas.AutoRechargeIn)
 @blp.response(200, schemas.AutoRechargeOut)
 def put_auto_recharge(body: dict[str, Any]) -> dict[str, Any]:
@@ -113,6 +120,7 @@ def put_auto_recharge(body: dict[str, Any]) -> dict[str, Any]:
 
 @blp.route("/auto-recharge", methods=["GET"])
 @login_required
+@blp.doc(security=SECURITY)
 @blp.response(200, schemas.AutoRechargeOut)
 def get_auto_recharge() -> dict[str, Any]:
     """The auto-recharge settings and their state (failures, back-off, why it was switched off)."""
@@ -124,6 +132,7 @@ def get_auto_recharge() -> dict[str, Any]:
 
 @staff_blp.route("/refunds", methods=["POST"])
 @staff_required("refunds.create")
+@staff_blp.doc(security=SECURITY)
 @staff_blp.arguments(schemas.RefundIn)
 @staff_blp.response(201, schemas.RefundOut)
 def create_refund(body: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +145,7 @@ def create_refund(body: dict[str, Any]) -> dict[str, Any]:
 
 @staff_blp.route("/refunds/<int:refund_id>", methods=["GET"])
 @staff_required("accounts.read")
+@staff_blp.doc(security=SECURITY)
 @staff_blp.response(200, schemas.RefundOut)
 def get_refund(refund_id: int) -> dict[str, Any]:
     """A refund and its state."""
@@ -144,6 +154,7 @@ def get_refund(refund_id: int) -> dict[str, Any]:
 
 @staff_blp.route("/refunds/<int:refund_id>/approve", methods=["POST"])
 @staff_required("refunds.approve")
+@staff_blp.doc(security=SECURITY)
 @staff_blp.response(200, schemas.RefundOut)
 def approve_refund(refund_id: int) -> dict[str, Any]:
     """Approve a refund another staff member asked for, and send it to the gateway."""
@@ -152,6 +163,7 @@ def approve_refund(refund_id: int) -> dict[str, Any]:
 
 @staff_blp.route("/refunds/<int:refund_id>/reject", methods=["POST"])
 @staff_required("refunds.approve")
+@staff_blp.doc(security=SECURITY)
 @staff_blp.arguments(schemas.RejectIn)
 @staff_blp.response(200, schemas.RefundOut)
 def reject_refund(body: dict[str, Any], refund_id: int) -> dict[str, Any]:
@@ -161,6 +173,7 @@ def reject_refund(body: dict[str, Any], refund_id: int) -> dict[str, Any]:
 
 @staff_blp.route("/credit-notes", methods=["POST"])
 @staff_required("credit_notes.create")
+@staff_blp.doc(security=SECURITY)
 @staff_blp.arguments(schemas.CreditNoteIn)
 @staff_blp.response(201, schemas.CreditNoteOut)
 def create_credit_note(body: dict[str, Any]) -> dict[str, Any]:

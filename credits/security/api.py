@@ -8,10 +8,11 @@ from datetime import datetime
 from typing import Any
 
 from flask import Response, after_this_request, g
-from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from credits.security import schemas, service
+from credits.web.api import SESSION_SECURITY as SECURITY
+from credits.web.api import Blueprint
 from credits.web.auth import clear_session_cookie, current_user_id, login_required, staff_required
 from credits.web.limits import client_ip
 
@@ -21,7 +22,6 @@ public_security_blp = Blueprint("security_link", __name__, url_prefix="/api/v1/s
                                 description="Signed out: the \"this wasn't me\" link of security emails")
 staff_security_blp = Blueprint("staff_security", __name__, url_prefix="/api/v1/staff",
                                description="Staff: security reports and money freezes")
-SECURITY: list[dict[str, list[str]]] = [{"sessionCookie": []}, {"personalToken": []}]
 
 
 def _iso(value: datetime | None) -> str | None:

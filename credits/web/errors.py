@@ -74,8 +74,8 @@ def register(app: Flask) -> None:
     def _http(exc: HTTPException) -> Any:
         status = exc.code or 500
         data = getattr(exc, "data", None) or {}
-        if status == 422 and "messages" in data:
-            # Schema validation (webargs): the switch contract says malformed input is 400.
+        if status in (400, 422) and "messages" in data:
+            # Schema validation (webargs, 400 by credits.web.api.Blueprint): one shape for every schema error.
             return problem(400, "Invalid input", "The request body or query does not match the schema.",
                            "invalid_input", errors=data["messages"])
         if _wants_json():
