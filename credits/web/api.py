@@ -12,8 +12,9 @@ from flask_smorest import Blueprint as SmorestBlueprint
 from flask_smorest.utils import prepare_response
 from webargs.flaskparser import FlaskParser
 
+from credits.web.errors import PROBLEM
+
 API_PREFIX = "/api/v1"
-PROBLEM = "application/problem+json"
 #: The `security` of an operation signed-in customers and staff call: a browser session or a personal token.
 SESSION_SECURITY: list[dict[str, list[str]]] = [{"sessionCookie": []}, {"personalToken": []}]
 
