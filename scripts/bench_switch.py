@@ -35,6 +35,7 @@ whatever the server does (at 32 in flight and 800 requests/s, 40 ms on average),
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import multiprocessing as mp
@@ -62,8 +63,9 @@ from bench_rating import build_plan  # noqa: E402
 from credits.rating.engine import PrefixTable, Rate, cost  # noqa: E402
 
 TARGETS = {"calls_s": 400, "p99_ms": 50, "ratio": 0.6, "rating_cdrs_s": 200_000, "cdrs_s": 3_000}
+PERSISTENT_TARGETS = {"calls_s": 400, "p99_ms": 50, "ratio": 0.8}
 PASSWORD = "bench-password-0123"  # noqa: S105 - throwaway accounts in a throwaway database
-CREDIT = "100.00"
+CREDIT = "100000.00"  # enough for every call a persistent connection makes on its one wallet
 CALLER_BASE = 6580000000  # +65 8xxx xxxx: caller numbers of the bench wallets
 
 
@@ -395,9 +397,11 @@ class Gunicorn:
         self.port = free_port()
         self.pidfile = workdir / f"{name}.pid"
         self.logfile = (workdir / f"{name}.log").open("wb")
-        argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", str(args.workers), "--threads",
-                str(args.threads), "-b", f"127.0.0.1:{self.port}", "-p", str(self.pidfile), "--chdir", str(ROOT),
-                "--pythonpath", str(ROOT / "scripts"), "--backlog", "2048", app]
+        # The production configuration (gunicorn.conf.py), with the worker and thread counts the bench was asked
+        # for and any extra options (--gunicorn-args, for trying other settings).
+        argv = [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "-w", str(args.workers),
+                "--threads", str(args.threads), "-b", f"127.0.0.1:{self.port}", "-p", str(self.pidfile),
+                "--chdir", str(ROOT), "--pythonpath", str(ROOT / "scripts"), *args.gunicorn_args.split(), app]
         self.command = " ".join(argv[1:]).replace(str(ROOT), ".")
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=self.logfile,
                                      stderr=subprocess.STDOUT)
@@ -443,6 +447,7 @@ class _Exchange:
     """One keep-alive HTTP/1.1 connection of the load loop: sends a request, collects its response."""
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = b""
@@ -491,11 +496,16 @@ class _SwitchClient:
         self.rng = random.Random(tag)
         self.auth_ms: list[float] = []
         self.done_ms: list[float] = []
-        self.pairs = self.refused = self.errors = self.n = 0
+        self.pairs = self.refused = self.errors = self.n = self.reconnects = 0
         self.call_id = ""
 
-    def start(self) -> None:
-        """Send the next authorize."""
+    def reset(self) -> None:
+        """Forget the figures of the phases before (the persistent mode measures each phase on its own)."""
+        self.auth_ms, self.done_ms = [], []
+        self.pairs = self.refused = self.errors = self.reconnects = 0
+
+    def start(self, again: bool = False) -> None:
+        """Send the next authorize (`again`: a new one, after the connection had to be opened again)."""
         self.n += 1
         self.call_id = f"{self.tag}-{self.n}"
         body = json.dumps({"call_id": self.call_id, "caller": f"+{self.callers[self.n % len(self.callers)]}",
@@ -535,9 +545,13 @@ class _BareClient:
         self.link = _Exchange(port)
         self.ids = ids
         self.latency: list[float] = []
-        self.requests = self.errors = self.n = 0
+        self.requests = self.errors = self.n = self.reconnects = 0
 
-    def start(self) -> None:
+    def reset(self) -> None:
+        self.latency = []
+        self.requests = self.errors = self.reconnects = 0
+
+    def start(self, again: bool = False) -> None:
         self.n += 1
         self.link.send(_http_post(f"/debit?id={self.ids[self.n % len(self.ids)]}", None, b""))
 
@@ -548,11 +562,15 @@ class _BareClient:
         return True
 
 
-def _drive(clients: list[Any], until: float) -> None:
+def _drive(clients: list[Any], until: float, keep_open: bool = False) -> None:
     """The load loop: one thread, one selector, every connection one request in flight. A connection starts
     a new pair (or request) only before `until`; one under way finishes. Lean on purpose: the load process
     shares the machine with the server, and each request it handles costs far less CPU than with a thread per
-    connection on http.client (measured: about a tenth)."""
+    connection on http.client (measured: about a tenth).
+
+    `keep_open` (the persistent mode): the connections stay open when the phase ends, for the next one; one
+    the server closed (its keep-alive timeout ran out between phases) is opened again and counted in the
+    client's `reconnects`, and its exchange starts over."""
     import selectors
 
     sel = selectors.DefaultSelector()
@@ -563,14 +581,26 @@ def _drive(clients: list[Any], until: float) -> None:
     while busy:
         for event, _ in sel.select(timeout=60):
             client = event.data
-            response = client.link.receive()
+            try:
+                response = client.link.receive()
+            except ConnectionError:
+                if not keep_open or client.link.buffer:
+                    raise
+                sel.unregister(client.link.sock)
+                client.link.sock.close()
+                client.link = _Exchange(client.link.port)
+                client.reconnects += 1
+                sel.register(client.link.sock, selectors.EVENT_READ, client)
+                client.start(again=True)
+                continue
             if response is None or not client.answered(*response):
                 continue
             if time.monotonic() < until:
                 client.start()
             else:
                 sel.unregister(client.link.sock)
-                client.link.sock.close()
+                if not keep_open:
+                    client.link.sock.close()
                 busy -= 1
     sel.close()
 
@@ -612,6 +642,32 @@ def _cdr_thread(port: int, key: str, until: float, callers: list[int], callees: 
 CONNECTED = "connected"
 
 
+def _clients(kind: str, params: dict[str, Any], per_connection: int | None = None) -> list[Any]:
+    """The load's connections: each with its own wallets (callers, or bare rows), `per_connection` of them
+    (default: the wallets shared out over the connections)."""
+    n = params["concurrency"]
+
+    def share(values: list[int], i: int) -> list[int]:
+        return values[i::n] if per_connection is None else values[i * per_connection:][:per_connection]
+
+    if kind == "switch":
+        return [_SwitchClient(params["port"], params["key"], share(params["callers"], i), params["callees"],
+                              f"{params['tag']}-{i}") for i in range(n)]
+    return [_BareClient(params["port"], share(params["ids"], i)) for i in range(n)]
+
+
+def _summary(kind: str, clients: list[Any]) -> dict[str, Any]:
+    if kind == "switch":
+        auth = sorted(x for c in clients for x in c.auth_ms)
+        done = sorted(x for c in clients for x in c.done_ms)
+        return {"pairs": sum(c.pairs for c in clients), "refused": sum(c.refused for c in clients),
+                "errors": sum(c.errors for c in clients), "requests": len(auth) + len(done), "auth": auth,
+                "complete": done, "reconnects": sum(c.reconnects for c in clients)}
+    return {"requests": sum(c.requests for c in clients), "errors": sum(c.errors for c in clients),
+            "latency": sorted(x for c in clients for x in c.latency),
+            "reconnects": sum(c.reconnects for c in clients)}
+
+
 def load_process(kind: str, params: dict[str, Any], results: Any) -> None:
     """Entry point of the load process: run `kind`; put CONNECTED on `results` once its connections are open,
     then a summary."""
@@ -620,22 +676,11 @@ def load_process(kind: str, params: dict[str, Any], results: Any) -> None:
     until = started + params.get("seconds", 0)
     n = params["concurrency"]
     summary: dict[str, Any] = {}
-    if kind == "switch":
-        clients = [_SwitchClient(params["port"], params["key"], params["callers"][i::n], params["callees"],
-                                 f"{params['tag']}-{i}") for i in range(n)]
+    if kind in ("switch", "baseline"):
+        clients = _clients(kind, params)
         results.put(CONNECTED)
         _drive(clients, until)
-        auth = sorted(x for c in clients for x in c.auth_ms)
-        done = sorted(x for c in clients for x in c.done_ms)
-        summary.update(pairs=sum(c.pairs for c in clients), refused=sum(c.refused for c in clients),
-                       errors=sum(c.errors for c in clients), requests=len(auth) + len(done), auth=auth,
-                       complete=done)
-    elif kind == "baseline":
-        bare = [_BareClient(params["port"], params["ids"][i::n]) for i in range(n)]
-        results.put(CONNECTED)
-        _drive(bare, until)
-        summary.update(requests=sum(c.requests for c in bare), errors=sum(c.errors for c in bare),
-                       latency=sorted(x for c in bare for x in c.latency))
+        summary.update(_summary(kind, clients))
     else:
         # Each sender owns the wallets i with i % senders == its number: concurrent batches never wait
         # for each other's wallet locks.
@@ -676,6 +721,55 @@ def run_load(kind: str, params: dict[str, Any], probe: Callable[[], Any] | None 
     return summary
 
 
+def persistent_load_process(kind: str, params: dict[str, Any], commands: Any, results: Any) -> None:
+    """Entry point of a persistent load process: open every connection at once (one wallet each, as a switch's
+    SIP workers each keep one), put CONNECTED, then for each number of seconds received on `commands` drive
+    them that long and put that phase's summary; None ends it. The connections stay open from the first phase
+    to the last."""
+    clients = _clients(kind, params, per_connection=1)
+    results.put(CONNECTED)
+    while (seconds := commands.get()) is not None:
+        for client in clients:
+            client.reset()
+        started = time.monotonic()
+        cpu0 = time.process_time()
+        _drive(clients, started + seconds, keep_open=True)
+        summary = _summary(kind, clients)
+        summary.update(elapsed=time.monotonic() - started, loader_cpu=time.process_time() - cpu0)
+        results.put(summary)
+    for client in clients:
+        client.link.sock.close()
+
+
+class PersistentLoad:
+    """A load process whose connections are opened once, at the same moment, and kept alive for every phase
+    (a switch's HTTP client: Kamailio's http_client keeps one connection per SIP worker, an SBC a pool)."""
+
+    def __init__(self, kind: str, params: dict[str, Any]) -> None:
+        ctx = mp.get_context("spawn")
+        self.commands, self.results = ctx.Queue(), ctx.Queue()
+        self.proc = ctx.Process(target=persistent_load_process, args=(kind, params, self.commands, self.results))
+        self.proc.start()
+        if self.results.get(timeout=120) != CONNECTED:
+            raise SystemExit("the load process did not start")
+
+    def phase(self, seconds: float, probe: Callable[[], Any] | None = None) -> dict[str, Any]:
+        self.commands.put(seconds)
+        probed = None
+        if probe is not None:
+            time.sleep(min(0.2, seconds / 4))
+            probed = probe()
+        summary: dict[str, Any] = self.results.get(timeout=seconds + 900)
+        summary["probe"] = probed
+        return summary
+
+    def close(self) -> None:
+        self.commands.put(None)
+        self.proc.join(timeout=60)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
 # ---------------------------------------------------------------- in-process rating
 
 
@@ -705,26 +799,132 @@ def callees_for(rates: list[Rate], rng: random.Random, count: int) -> list[str]:
     return ["+" + p + "".join(rng.choices("0123456789", k=max(1, 11 - len(p)))) for p in rng.sample(prefixes, count)]
 
 
+def production_setting(name: str) -> Any:
+    """A value of gunicorn.conf.py, as gunicorn reads it (the file is Python)."""
+    import runpy
+
+    return runpy.run_path(str(ROOT / "gunicorn.conf.py"))[name]
+
+
+def measure_rounds(args: argparse.Namespace, url: str, server: Gunicorn, bare: Gunicorn, common: dict[str, Any],
+                   bare_params: dict[str, Any]) -> tuple[Totals, Totals]:
+    """The rounds mode: every phase a new load process with new connections, each over many wallets."""
+    run_load("switch", {**common, "seconds": args.warmup, "tag": "warm"})
+    run_load("baseline", {**bare_params, "seconds": args.warmup})
+    phase_s = args.seconds / args.rounds
+    log(f"rounds mode: warmed up; measuring {args.seconds:.0f} s of each at concurrency {args.concurrency}, in "
+        f"{args.rounds} rounds of {phase_s:.1f} s (app, bare, then bare, app, ...), new connections each round")
+    sw, base = Totals(), Totals()
+    for r in range(args.rounds):
+        order = ("switch", "baseline") if r % 2 == 0 else ("baseline", "switch")
+        for kind in order:
+            if kind == "switch":
+                sw.add(measure(url, server, "switch", {**common, "seconds": phase_s, "tag": f"run{r}"}))
+            else:
+                base.add(measure(url, bare, "baseline", {**bare_params, "seconds": phase_s}))
+    return sw, base
+
+
+def measure_persistent(args: argparse.Namespace, url: str, server: Gunicorn, bare: Gunicorn,
+                       common: dict[str, Any], bare_params: dict[str, Any]) -> tuple[Totals, Totals]:
+    """The persistent mode: N connections to each server opened at once and kept alive for the whole run, each
+    driving its own wallet (authorize->complete, a fresh call id per call; the bare endpoint: its own row), in
+    alternating rounds."""
+    n = args.connections
+    offset = args.wallets - 2 * n  # wallets (and bare rows) of their own, not used by the rounds mode's phases
+    app_load = PersistentLoad("switch", {**common, "callers": common["callers"][offset:], "concurrency": n,
+                                         "tag": "keep"})
+    bare_load = PersistentLoad("baseline", {**bare_params, "ids": bare_params["ids"][offset:], "concurrency": n})
+    try:
+        spread = {"app": connections_per_worker(server.proc.pid, server.port),
+                  "bare": connections_per_worker(bare.proc.pid, bare.port)}
+        app_load.phase(args.warmup)
+        bare_load.phase(args.warmup)
+        phase_s = args.seconds / args.rounds
+        log(f"persistent mode: {n} connections to each, opened at once, kept alive; connections per worker "
+            f"app {'+'.join(map(str, spread['app']))}, bare {'+'.join(map(str, spread['bare']))}; warmed up; "
+            f"measuring {args.seconds:.0f} s of each in {args.rounds} rounds of {phase_s:.1f} s")
+        sw, base = Totals(), Totals()
+        for r in range(args.rounds):
+            order = ((app_load, server, sw), (bare_load, bare, base))
+            for load, gunicorn, totals in order if r % 2 == 0 else order[::-1]:
+                meter = CostMeter(url, gunicorn.proc.pid)
+                before = meter.snapshot()
+                probe = functools.partial(connections_per_worker, gunicorn.proc.pid, gunicorn.port)
+                phase = load.phase(phase_s, probe=probe)
+                phase["cost"] = CostMeter.spent(before, meter.snapshot())
+                meter.close()
+                totals.add(phase)
+    finally:
+        app_load.close()
+        bare_load.close()
+    return sw, base
+
+
+def report(title: str, sw: Totals, base: Totals, targets: dict[str, float]) -> list[str]:
+    """The figures of one mode: the switch mix against the bare endpoint."""
+    calls_s = sw.sum("pairs") / sw.elapsed
+    mix_rps = sw.sum("requests") / sw.elapsed
+    base_rps = base.sum("requests") / base.elapsed
+    ratio = mix_rps / base_rps if base_rps else 0.0
+    auth, done, lat = sw.merged("auth"), sw.merged("complete"), base.merged("latency")
+    p99 = {"authorize": percentile(auth, 0.99), "complete": percentile(done, 0.99)}
+    lines = [
+        title,
+        f"  authorize->complete   {calls_s:8,.0f} calls/s (pairs)   target >= {targets['calls_s']:.0f}   "
+        f"{mark(calls_s >= targets['calls_s'])}",
+    ]
+    for name, values in (("authorize", auth), ("complete", done)):
+        lines.append(f"    {name:<19} p50 {percentile(values, 0.5):6.1f} ms   p99 {p99[name]:6.1f} ms   "
+                     f"p99 target < {targets['p99_ms']:.0f} ms   {mark(p99[name] < targets['p99_ms'])}")
+    lines += [
+        f"    {sw.sum('pairs'):,} pairs, {sw.sum('requests'):,} requests ({mix_rps:,.0f} req/s), "
+        f"{sw.sum('refused')} refused, {sw.sum('errors')} errors, {sw.sum('reconnects')} reconnects",
+        f"    {sw.cost()}",
+        f"  bare durable UPDATE   {base_rps:8,.0f} req/s   p50 {percentile(lat, 0.5):.1f} ms   "
+        f"p99 {percentile(lat, 0.99):.1f} ms   ({base.sum('errors')} errors, {base.sum('reconnects')} reconnects)",
+        f"    {base.cost()}",
+        "  rounds (req/s app / bare): "
+        + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(sw.rates(), base.rates(), strict=True)),
+        "  connections per gunicorn worker (app / bare, each round): "
+        + ", ".join(f"{a}/{b}" for a, b in zip(sw.spreads(), base.spreads(), strict=True)),
+        f"  ratio (mix req/s / bare req/s)  {ratio:.2f}   target >= {targets['ratio']}   "
+        f"{mark(ratio >= targets['ratio'])}",
+    ]
+    return lines
+
+
 def main() -> None:  # noqa: PLR0915 - one straight script
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--mode", choices=("both", "rounds", "persistent"), default="both",
+                        help="rounds: new connections each round, over many wallets; persistent: --connections "
+                             "kept alive for the whole run, one wallet each; both (default)")
+    parser.add_argument("--seconds", type=float, default=20, help="measured seconds of each load, per mode")
     parser.add_argument("--warmup", type=float, default=3)
     parser.add_argument("--concurrency", type=int, default=None,
-                        help="requests in flight (default: workers x threads, one per server thread)")
+                        help="rounds mode: requests in flight (default: workers x threads, one per server thread)")
+    parser.add_argument("--connections", type=int, default=12,
+                        help="persistent mode: kept-alive connections, one request in flight on each (default 12)")
     parser.add_argument("--rounds", type=int, default=4,
                         help="measure in this many rounds, alternating app and bare (default 4)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=None, help="default: gunicorn.conf.py's")
+    parser.add_argument("--threads", type=int, default=None, help="default: gunicorn.conf.py's")
+    parser.add_argument("--gunicorn-args", default="",
+                        help="more gunicorn options for both servers, e.g. '--no-reuse-port' (to try settings)")
     parser.add_argument("--wallets", type=int, default=10_000)
     parser.add_argument("--prefixes", type=int, default=50_000)
     parser.add_argument("--cdr-seconds", type=float, default=15,
-                        help="send batches of 1000 CDRs for this long (the batches in flight finish)")
+                        help="send batches of 1000 CDRs for this long (the batches in flight finish); 0: skip")
     parser.add_argument("--cdr-concurrency", type=int, default=2)
     parser.add_argument("--admin-url", default=os.environ.get("CREDITS_BENCH_ADMIN_URL",
                                                               "postgresql://postgres@127.0.0.1:5432/postgres"))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs (for profiling)")
     args = parser.parse_args()
+    if args.workers is None:
+        args.workers = int(production_setting("workers"))
+    if args.threads is None:
+        args.threads = int(production_setting("threads"))
     if args.concurrency is None:
         args.concurrency = args.workers * args.threads
 
@@ -739,7 +939,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
     rates = build_plan(random.Random(args.seed), args.prefixes)
     server: Gunicorn | None = None
     bare: Gunicorn | None = None
-    report: list[str] = []
+    lines: list[str] = []
     load_before = os.getloadavg()[0]
     try:
         key = setup(env, args, workdir, rates)
@@ -747,7 +947,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         callers = [CALLER_BASE + i for i in range(args.wallets)]
         callees = callees_for(rates, rng, 2000)
 
-        # ---- authorize -> complete and the bare durable UPDATE, interleaved
+        # ---- authorize -> complete and the bare durable UPDATE, interleaved, in each mode
         baseline_table(url, args.wallets)
         server = Gunicorn("wsgi:app", env, args, workdir, "gunicorn-app")
         server.wait_ready("/healthz")
@@ -755,32 +955,38 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         bare = Gunicorn("bench_baseline_app:app", env, args, workdir, "gunicorn-baseline")
         bare.wait_ready("/debit?id=1", "POST")
         log(f"baseline: gunicorn {bare.command}")
-        common = {"port": server.port, "key": key, "callers": callers, "callees": callees,
+        served = (f"gunicorn -c gunicorn.conf.py ({args.workers} gthread workers x {args.threads} threads"
+                  f"{', ' + args.gunicorn_args if args.gunicorn_args else ''}), PostgreSQL, {args.prefixes:,} "
+                  f"prefixes, {args.wallets:,} wallets")
+        # The rounds mode's phases use wallets 0 .. wallets - 2 x connections; the persistent mode's its own.
+        rounds_callers = callers[: args.wallets - 2 * args.connections]
+        common = {"port": server.port, "key": key, "callers": rounds_callers, "callees": callees,
                   "concurrency": args.concurrency}
         bare_params = {"port": bare.port, "ids": list(range(1, args.wallets + 1)), "concurrency": args.concurrency}
-        run_load("switch", {**common, "seconds": args.warmup, "tag": "warm"})
-        run_load("baseline", {**bare_params, "seconds": args.warmup})
-        phase_s = args.seconds / args.rounds
-        log(f"warmed up; measuring {args.seconds:.0f} s of each at concurrency {args.concurrency}, in "
-            f"{args.rounds} rounds of {phase_s:.1f} s (app, bare, then bare, app, ...)")
-        sw = Totals()
-        base = Totals()
-        for r in range(args.rounds):
-            order = ("switch", "baseline") if r % 2 == 0 else ("baseline", "switch")
-            for kind in order:
-                if kind == "switch":
-                    sw.add(measure(url, server, "switch", {**common, "seconds": phase_s, "tag": f"run{r}"}))
-                else:
-                    base.add(measure(url, bare, "baseline", {**bare_params, "seconds": phase_s}))
-        calls_s = sw.sum("pairs") / sw.elapsed
-        mix_rps = sw.sum("requests") / sw.elapsed
-        base_rps = base.sum("requests") / base.elapsed
+        if args.mode in ("both", "rounds"):
+            sw, base = measure_rounds(args, url, server, bare, common, bare_params)
+            lines += ["", *report(f"switch API benchmark, rounds mode: {served}, concurrency {args.concurrency} "
+                                  f"(new connections each round, over many wallets), {args.seconds:.0f} s",
+                                  sw, base, TARGETS)]
+        if args.mode in ("both", "persistent"):
+            sw, base = measure_persistent(args, url, server, bare, {**common, "callers": callers}, bare_params)
+            lines += ["", *report(f"switch API benchmark, persistent mode: {served}, {args.connections} kept-alive "
+                                  f"connections opened at once, one wallet each, {args.seconds:.0f} s",
+                                  sw, base, PERSISTENT_TARGETS)]
         bare.stop()
 
         # ---- batch CDRs
-        cdr = run_load("cdrs", {"port": server.port, "key": key, "callers": callers, "callees": callees,
-                                "concurrency": args.cdr_concurrency, "seconds": args.cdr_seconds, "tag": "cdr"})
-        cdrs_s = cdr["charged"] / cdr["elapsed"]
+        if args.cdr_seconds > 0:
+            cdr = run_load("cdrs", {"port": server.port, "key": key, "callers": rounds_callers, "callees": callees,
+                                    "concurrency": args.cdr_concurrency, "seconds": args.cdr_seconds, "tag": "cdr"})
+            cdrs_s = cdr["charged"] / cdr["elapsed"]
+            lines += [
+                "",
+                f"  POST /api/v1/cdrs     {cdrs_s:8,.0f} CDRs/s   target >= {TARGETS['cdrs_s']:,}   "
+                f"{mark(cdrs_s >= TARGETS['cdrs_s'])}",
+                f"    {cdr['charged']:,} charged, {cdr['other']} not, {cdr['batches']} batches of 1000 from "
+                f"{args.cdr_concurrency} senders, p50 {cdr['batch_p50'] / 1000:.1f} s per batch",
+            ]
         server.stop()
         server = None
 
@@ -790,35 +996,7 @@ def main() -> None:  # noqa: PLR0915 - one straight script
 
         audit = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi", "ledger", "audit"], cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=600)
-        ratio = mix_rps / base_rps if base_rps else 0.0
-        auth, done, lat = sw.merged("auth"), sw.merged("complete"), base.merged("latency")
-        p99 = max(percentile(auth, 0.99), percentile(done, 0.99))
-        report = [
-            "",
-            f"switch API benchmark: gunicorn gthread {args.workers} workers x {args.threads} threads, PostgreSQL, "
-            f"{args.prefixes:,} prefixes, {args.wallets:,} wallets, concurrency {args.concurrency}, "
-            f"{args.seconds:.0f} s",
-            f"  authorize->complete   {calls_s:8,.0f} calls/s (pairs)   target >= {TARGETS['calls_s']}   "
-            f"{mark(calls_s >= TARGETS['calls_s'])}",
-            f"    authorize           p50 {percentile(auth, 0.5):6.1f} ms   p99 {percentile(auth, 0.99):6.1f} ms",
-            f"    complete            p50 {percentile(done, 0.5):6.1f} ms   p99 {percentile(done, 0.99):6.1f} ms   "
-            f"p99 target < {TARGETS['p99_ms']} ms   {mark(p99 < TARGETS['p99_ms'])}",
-            f"    {sw.sum('pairs'):,} pairs, {sw.sum('requests'):,} requests ({mix_rps:,.0f} req/s), "
-            f"{sw.sum('refused')} refused, {sw.sum('errors')} errors",
-            f"    {sw.cost()}",
-            f"  bare durable UPDATE   {base_rps:8,.0f} req/s   p50 {percentile(lat, 0.5):.1f} ms   "
-            f"p99 {percentile(lat, 0.99):.1f} ms   ({base.sum('errors')} errors)",
-            f"    {base.cost()}",
-            "  rounds (req/s app / bare): "
-            + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(sw.rates(), base.rates(), strict=True)),
-            "  connections per gunicorn worker (app / bare, each round): "
-            + ", ".join(f"{a}/{b}" for a, b in zip(sw.spreads(), base.spreads(), strict=True)),
-            f"  ratio (mix req/s / bare req/s)  {ratio:.2f}   target >= {TARGETS['ratio']}   "
-            f"{mark(ratio >= TARGETS['ratio'])}",
-            f"  POST /api/v1/cdrs     {cdrs_s:8,.0f} CDRs/s   target >= {TARGETS['cdrs_s']:,}   "
-            f"{mark(cdrs_s >= TARGETS['cdrs_s'])}",
-            f"    {cdr['charged']:,} charged, {cdr['other']} not, {cdr['batches']} batches of 1000 from "
-            f"{args.cdr_concurrency} senders, p50 {cdr['batch_p50'] / 1000:.1f} s per batch",
+        lines += [
             f"  rating in process     {rating_s:8,.0f} CDRs/s (lookup + cost, {len(rates):,} rates)   "
             f"target >= {TARGETS['rating_cdrs_s']:,}   {mark(rating_s >= TARGETS['rating_cdrs_s'])}",
             f"  ledger audit: {audit.stdout.strip().splitlines()[-1] if audit.stdout.strip() else audit.stderr[-300:]}",
@@ -834,8 +1012,8 @@ def main() -> None:  # noqa: PLR0915 - one straight script
         else:
             drop_database(args.admin_url, name)
             log(f"dropped database {name}")
-    print("\n".join(report), flush=True)
-    if report and not args.keep:
+    print("\n".join(lines), flush=True)
+    if lines and not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)  # logs stay only after a failure or with --keep
 
 
