@@ -137,6 +137,9 @@ _STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) 
                                                                                   "request_id"}
 
 
+#: Extra values written as they are; any other (str included) is written as its string, scrubbed first.
+_PLAIN = (int, float, bool, type(None))
+
 #: `extra={FIXED_TEXT: True}` declares a record made of fixed text and numbers only: ScrubFilter passes it as is.
 FIXED_TEXT = "_credits_fixed_text"
 
@@ -180,6 +183,9 @@ class ScrubFilter(logging.Filter):
         for name, value in list(vars(record).items()):
             if name not in _STANDARD and isinstance(value, str):
                 setattr(record, name, self._clean(value))
+            elif name not in _STANDARD and not name.startswith("_") and not isinstance(value, _PLAIN):
+                # A list, dict, bytes or object would be written as its str(): scrub that string.
+                setattr(record, name, self._clean(str(value)))
         record.request_id = current_request_id()
         record._credits_scrubbed = True
         return True
@@ -190,7 +196,7 @@ def key_fields(record: logging.LogRecord) -> Iterator[tuple[str, int | float | b
     numbers, booleans and None as they are, anything else as its string."""
     for name, value in vars(record).items():
         if name not in _STANDARD and not name.startswith("_"):
-            yield name, value if isinstance(value, (int, float, bool, type(None))) else str(value)
+            yield name, value if isinstance(value, _PLAIN) else str(value)
 
 
 class JsonFormatter(logging.Formatter):

@@ -79,6 +79,29 @@ def test_O100_records_are_scrubbed_in_message_args_extras_and_tracebacks(capture
     assert "ValueError: bad card [card] for [email]" in second["exception"]
 
 
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_O100_extras_that_are_not_strings_are_scrubbed_as_the_strings_written(fmt):
+    buffer = io.StringIO()
+    previous = logs.handler()
+    handler = logs.configure("INFO", fmt=fmt, stream=buffer)
+    try:
+        logging.getLogger("credits.test").info("payload", extra={
+            "emails": ["bob@example.com"], "body": {"password": "hunter2hunter2"}, "raw": b"4111111111111111",
+            "lines": ("one", "two\nthree"), "count": 3, "ratio": 0.5, "ok": True})
+    finally:
+        logging.getLogger().removeHandler(handler)
+        if previous is not None:
+            logging.getLogger().addHandler(previous)
+    out = buffer.getvalue()
+    for secret in ("bob@example.com", "hunter2hunter2", "4111111111111111"):
+        assert secret not in out
+    assert "[email]" in out and "[redacted]" in out and "[card]" in out and out.count("\n") == 1
+    if fmt == "json":
+        record = json.loads(out)
+        assert (record["count"], record["ratio"], record["ok"]) == (3, 0.5, True)  # numbers stay numbers
+        assert record["lines"] == str(("one", "two\nthree"))  # the string written, as str() gives it
+
+
 def test_O102_cr_lf_and_control_characters_are_escaped(capture):
     log = logging.getLogger("credits.test")
     forged = 'alice\r\n{"level": "INFO", "message": "admin logged in"}\x1b[31m\x00'
