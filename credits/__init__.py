@@ -21,7 +21,7 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
     settings = cfg if cfg is not None else config.Config.from_env(**overrides)
     config.install(settings)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, fmt=settings.effective_log_format)
     if settings.database_url.startswith("sqlite:///"):
         from pathlib import Path
 

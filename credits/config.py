@@ -89,6 +89,8 @@ class Config:
     mail_retry_base_s: int = 60
     mail_retry_max_s: int = 6 * 3600
     log_level: str = "INFO"
+    #: json (JSON lines) or text (one readable line per record); "" = text in development, json otherwise.
+    log_format: str = ""
     # Payments (DESIGN §6). Gateway: auto = Stripe when CREDITS_STRIPE_SECRET_KEY or CREDITS_STRIPE_API_BASE is
     # set (a stand-in such as localstripe gets a test key), otherwise the in-process fake (never in production).
     payment_gateway: str = "auto"
@@ -149,6 +151,12 @@ class Config:
     def is_production(self) -> bool:
         return self.env == "production"
 
+    @property
+    def effective_log_format(self) -> str:
+        """CREDITS_LOG_FORMAT when set, else text in development (a person reads the terminal) and JSON lines
+        everywhere else."""
+        return self.log_format or ("text" if self.env == "development" else "json")
+
     def validate(self) -> None:
         """Raise ConfigError naming every bad setting; production refuses default or missing secrets."""
         problems = self._general_problems() + self._secret_problems()
@@ -157,6 +165,7 @@ class Config:
 
     def _general_problems(self) -> list[str]:
         from credits import money
+        from credits.logging import LOG_FORMATS
 
         problems: list[str] = []
         checks = [
@@ -184,6 +193,7 @@ class Config:
             (not self.is_production or self.public_url.startswith("https://"),
              "CREDITS_PUBLIC_URL must be https in production"),
             (self.log_level.upper() in LOG_LEVELS, f"CREDITS_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}"),
+            (self.log_format in ("", *LOG_FORMATS), f"CREDITS_LOG_FORMAT must be {' or '.join(LOG_FORMATS)}"),
             (1 <= self.session_idle_minutes <= 24 * 60, "CREDITS_SESSION_IDLE_MINUTES must be between 1 and 1440"),
             (1 <= self.session_absolute_hours <= 24 * 30, "CREDITS_SESSION_ABSOLUTE_HOURS must be between 1 and 720"),
             (1 <= self.api_token_idle_days <= self.api_token_days <= 366,

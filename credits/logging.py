@@ -1,10 +1,12 @@
-"""Structured JSON logs with request ids, scrubbed of secrets and personal data (CHECKLIST O100, O102).
+"""Structured logs with request ids, scrubbed of secrets and personal data (CHECKLIST O100, O102).
 
-`configure(cfg)` (called by create_app, never at import) puts one JSON handler on the root logger. Its filter
-renders each record's message, removes passwords, tokens, API keys, session ids, card-like numbers, email
-addresses and phone numbers, and escapes CR, LF and other control characters, so that a value a client sent
-can neither leak into the log nor forge a log line. The request id comes from a context variable that the web
-layer sets per request (this module imports no Flask: jobs and the CLI log through it too).
+`configure(level, fmt=...)` (called by create_app, never at import) puts one handler on the root logger: JSON
+lines (`fmt="json"`, the default, for machines), or one readable line per record (`fmt="text"`, for a person at
+a terminal: CREDITS_LOG_FORMAT, text by default in development). Its filter renders each record's message,
+removes passwords, tokens, API keys, session ids, card-like numbers, email addresses and phone numbers, and
+escapes CR, LF and other control characters, so that a value a client sent can neither leak into the log nor
+forge a log line; both formats write what the filter left. The request id comes from a context variable that
+the web layer sets per request (this module imports no Flask: jobs and the CLI log through it too).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -135,6 +137,9 @@ _STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) 
                                                                                   "request_id"}
 
 
+#: Extra values written as they are; any other (str included) is written as its string, scrubbed first.
+_PLAIN = (int, float, bool, type(None))
+
 #: `extra={FIXED_TEXT: True}` declares a record made of fixed text and numbers only: ScrubFilter passes it as is.
 FIXED_TEXT = "_credits_fixed_text"
 
@@ -148,6 +153,11 @@ class ScrubFilter(logging.Filter):
 
     def _clean(self, value: str) -> str:
         return escape(scrub(value, regions=self.regions))
+
+    def _clean_lines(self, text: str) -> tuple[str, list[str]]:
+        """A traceback scrubbed as a whole: escaped into one line (JSON), and escaped line by line (text)."""
+        scrubbed = scrub(text, regions=self.regions)
+        return escape(scrubbed), [escape(line) for line in scrubbed.split("\n")]
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "_credits_scrubbed", False):
@@ -166,16 +176,27 @@ class ScrubFilter(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self._clean(record.exc_text)
+            record.exc_text, record._credits_exc_lines = self._clean_lines(record.exc_text)
         record.exc_info = None
         if record.stack_info:
-            record.stack_info = self._clean(record.stack_info)
+            record.stack_info, record._credits_stack_lines = self._clean_lines(record.stack_info)
         for name, value in list(vars(record).items()):
             if name not in _STANDARD and isinstance(value, str):
                 setattr(record, name, self._clean(value))
+            elif name not in _STANDARD and not name.startswith("_") and not isinstance(value, _PLAIN):
+                # A list, dict, bytes or object would be written as its str(): scrub that string.
+                setattr(record, name, self._clean(str(value)))
         record.request_id = current_request_id()
         record._credits_scrubbed = True
         return True
+
+
+def key_fields(record: logging.LogRecord) -> Iterator[tuple[str, int | float | bool | str | None]]:
+    """The record's extra fields (what `extra=` gave, and what ScrubFilter left of it), in the order given:
+    numbers, booleans and None as they are, anything else as its string."""
+    for name, value in vars(record).items():
+        if name not in _STANDARD and not name.startswith("_"):
+            yield name, value if isinstance(value, _PLAIN) else str(value)
 
 
 class JsonFormatter(logging.Formatter):
@@ -189,9 +210,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None) or current_request_id(),
         }
-        for name, value in vars(record).items():
-            if name not in _STANDARD and not name.startswith("_"):
-                body[name] = value if isinstance(value, (int, float, bool, type(None))) else str(value)
+        body.update(key_fields(record))
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
@@ -199,17 +218,68 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=True, default=str)
 
 
-_HANDLER_MARK = "_credits_json_handler"
+#: Marks the lines of a traceback (or stack) under its record in the text format: a line of a traceback, which
+#: may quote what a client sent, can never pass for a record of its own.
+TRACEBACK_MARK = "  | "
+_NEEDS_QUOTES = re.compile(r'[\s"=]')
+
+
+def _text_value(value: int | float | bool | str | None) -> str:
+    text = str(value)
+    if text and not _NEEDS_QUOTES.search(text):
+        return text
+    return '"' + text.replace('"', '\\"') + '"'
+
+
+class TextFormatter(logging.Formatter):
+    """One readable line per record, for a person at a terminal (development):
+
+        22:51:03.123 INFO  credits.request: GET /healthz 200  method=GET path=/healthz status=200 request_id=...
+
+    local time to the millisecond, level, logger, message, then the key fields as key=value (quoted when empty
+    or holding a space, a quote or "="; None left out; the request id last). A traceback or stack follows on
+    lines of its own, each starting with TRACEBACK_MARK. Like JsonFormatter it writes what ScrubFilter left:
+    the same redaction, and no control character (each line of a traceback is escaped on its own).
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = [(name, value) for name, value in key_fields(record) if value is not None]
+        request_id = getattr(record, "request_id", None) or current_request_id()
+        if request_id:
+            fields.append(("request_id", request_id))
+        when = f"{self.formatTime(record, '%H:%M:%S')}.{int(record.msecs):03d}"  # local time, as a clock shows
+        line = f"{when} {record.levelname:<5} {record.name}: {record.getMessage()}"
+        if fields:
+            line += "  " + " ".join(f"{name}={_text_value(value)}" for name, value in fields)
+        exc_lines = getattr(record, "_credits_exc_lines", None)
+        if exc_lines is None:  # a record the filter passed as is (FIXED_TEXT)
+            if record.exc_info and not record.exc_text:
+                record.exc_text = self.formatException(record.exc_info)
+            exc_lines = record.exc_text.split("\n") if record.exc_text else []
+        stack_lines = getattr(record, "_credits_stack_lines", None)
+        if stack_lines is None:
+            stack_lines = record.stack_info.split("\n") if record.stack_info else []
+        return "\n".join([line, *(TRACEBACK_MARK + part for part in (*exc_lines, *stack_lines))])
+
+
+LOG_FORMATS = ("json", "text")
+_FORMATTERS: dict[str, type[logging.Formatter]] = {"json": JsonFormatter, "text": TextFormatter}
+_HANDLER_MARK = "_credits_log_handler"
 
 
 def handler() -> logging.Handler | None:
-    """The JSON handler `configure` installed on the root logger, if any."""
+    """The handler `configure` installed on the root logger, if any."""
     return next((h for h in logging.getLogger().handlers if getattr(h, _HANDLER_MARK, False)), None)
 
 
-def configure(level: str = "INFO", *, stream: TextIO | None = None,
+def configure(level: str = "INFO", *, fmt: str = "json", stream: TextIO | None = None,
               regions: Iterable[str] = PHONE_REGIONS) -> logging.Handler:
-    """Install (or replace) the JSON handler with the scrub filter on the root logger; return it. Idempotent."""
+    """Install (or replace) the handler with the scrub filter on the root logger; return it. Idempotent.
+
+    `fmt`: "json" (JSON lines) or "text" (TextFormatter); anything else is a ValueError.
+    """
+    if fmt not in _FORMATTERS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {fmt!r}")
     root = logging.getLogger()
     previous = handler()
     if previous is not None:
@@ -218,7 +288,7 @@ def configure(level: str = "INFO", *, stream: TextIO | None = None,
     new = logging.StreamHandler(stream or sys.stderr)
     setattr(new, _HANDLER_MARK, True)
     new.addFilter(ScrubFilter(regions))
-    new.setFormatter(JsonFormatter())
+    new.setFormatter(_FORMATTERS[fmt]())
     root.addHandler(new)
     root.setLevel(level.upper())
     return new

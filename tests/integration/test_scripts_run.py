@@ -1,7 +1,8 @@
 """`./scripts/run` for real: the demo starts the app (gunicorn), the jobs process and localstripe, the /buy page
 loads Stripe.js from that localstripe, a card payment goes through it with its signed webhook delivered, an email
 lands as a file whose link works, and Ctrl-C (SIGINT) or any one process exiting stops every process it started.
-localstripe writes no file.
+localstripe writes no file. Its start message comes once the processes are up, after their start-up lines, and
+ends with the sign-in URL; their logs are text lines.
 
 Each run keeps its database, logs and emails in a temporary directory (CREDITS_RUN_INSTANCE_DIR), never in
 instance/. Every wait is bounded.
@@ -44,6 +45,10 @@ PICKLE = Path("/tmp/localstripe.pickle")  # noqa: S108 - where localstripe's own
 DEMO_EMAIL, DEMO_PASSWORD = "alice@example.com", "alice-demo-password"  # from `flask --app wsgi demo seed`
 # The jobs process delivers the outbox on this interval; the margin covers the job's run on a busy machine.
 MAIL_WAIT_S = jobs.table()["deliver-outbox"].every_s + 15
+#: How long nothing may follow the sign-in line once it is printed (no job runs again this soon).
+QUIET_S = 3
+#: A log line in the text format (CREDITS_LOG_FORMAT=text, the development default).
+TEXT_LINE = r"\d\d:\d\d:\d\d\.\d{3} [A-Z]+ +[\w.]+: "
 
 
 def free_port() -> int:
@@ -126,13 +131,18 @@ class Run:
     def text(self) -> str:
         return self.out.read_text(errors="replace")
 
+    @property
+    def sign_in_line(self) -> str:
+        return f"==> sign in at {self.base}/login  (alice@example.com / alice-demo-password)"
+
     def wait_until_running(self) -> str:
-        """The start message, once printed (the script has then seen /healthz and localstripe answer)."""
+        """The output up to the start message's last line (the script has then seen /healthz and localstripe
+        answer and the jobs process run each job once)."""
         assert self.popen is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             text = self.text()
-            if "credits is running" in text and "Ctrl-C stops" in text:
+            if "credits is running" in text and self.sign_in_line + "\n" in text:
                 self.children = descendants(self.popen.pid)
                 return text
             if self.popen.poll() is not None:
@@ -290,9 +300,34 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def assert_start_message_comes_last_and_logs_are_text(run: Run, text: str) -> None:
+    """The start message follows every process's start-up lines, its last line is the sign-in URL, and nothing
+    follows it at start-up; the app's and the jobs process's log lines are text, not JSON."""
+    time.sleep(QUIET_S)
+    assert run.text() == text, f"printed after the start message:\n{run.text()[len(text):][-3000:]}"
+    lines = text.rstrip("\n").splitlines()
+    assert lines[-1] == run.sign_in_line, lines[-5:]
+    start = lines.index(next(line for line in lines if "credits is running" in line))
+    listed = re.search(r"^\[jobs\] jobs: (.*) \(holder [^)]*\)$", text, re.M)
+    assert listed, text[-4000:]
+    startup = [rf"\[INFO\] Listening at: {re.escape(run.base)}", r"\[INFO\] Booting worker",
+               rf"^{TEXT_LINE}GET /healthz 200  method=GET path=/healthz status=200 duration_ms=\S+ request_id=\w+$",
+               rf"^\[jobs\] {TEXT_LINE}Scheduler started$", r"^\[jobs\] jobs: ",
+               *(rf"^\[jobs\] {re.escape(name)}: " for name in listed.group(1).split(", "))]
+    for pattern in startup:
+        found = [i for i, line in enumerate(lines) if re.search(pattern, line)]
+        assert found and max(found) < start, (pattern, found, start)
+    assert not [line for line in lines if re.match(r"(\[\w+\] )?\{", line)]  # no JSON line
+    message = "\n".join(lines[start:])
+    for login in ("alice@example.com      password alice-demo-password", "bob@example.com        password "
+                  "bob-demo-password", "support@example.com    password support-demo-password"):
+        assert login in message
+
+
 def test_run_serves_the_store_with_localstripe_and_ctrl_c_stops_everything(run: Run) -> None:
     pickle_before = PICKLE.stat().st_mtime_ns if PICKLE.exists() else None
     message = run.start().wait_until_running()
+    assert_start_message_comes_last_and_logs_are_text(run, message)
 
     db = run.workdir / "instance" / "credits.db"
     assert f"database {db}" in message and db.is_file()  # not the developer's instance/
