@@ -18,10 +18,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings
 
 from credits import clock as clock_mod
 from credits import config as config_mod
 from credits import db as db_mod
+
+# Property tests check results, not speed: Hypothesis' default deadline (200 ms per example) fails an example
+# that a busy CI host merely paused (DeadlineExceeded, or Flaky when the rerun is quick). The tests that set
+# their own settings already say deadline=None; this covers the others (rating engine, rate CSV).
+settings.register_profile("credits", deadline=None)
+settings.load_profile("credits")
 
 ADMIN_URL_DEFAULT = "postgresql://postgres@127.0.0.1:5432/postgres"
 EPOCH = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

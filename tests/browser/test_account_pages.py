@@ -68,7 +68,9 @@ def test_sign_in_with_a_second_factor_enrolled_from_the_qr_page(browsers: Any, s
     page.get_by_role("button", name="Continue").click()
     qr = page.locator("img#qr")
     assert qr.get_attribute("src").startswith("data:image/svg+xml")
-    assert qr.evaluate("img => img.complete && img.naturalWidth > 0")  # the CSP lets the data: image show
+    # The CSP lets the data: image show. decode() waits for it (img.complete may still be false just after the
+    # page loads) and fails if the image cannot be shown.
+    assert qr.evaluate("img => img.decode().then(() => img.naturalWidth > 0)")
     totp = pyotp.TOTP(page.locator("#secret").inner_text().replace(" ", ""))
 
     page.get_by_label("Code from the app").fill("12345")

@@ -217,9 +217,21 @@ class Stack:
         elapsed = time.monotonic() - started
         return CallRun(done.returncode, elapsed, read_sipp_messages(messages), done.stdout[-3000:] + done.stderr)
 
-    def callee_saw(self, log: Path, tag: str) -> list[SipMessage]:
-        time.sleep(0.3)  # sipp flushes each message as it logs it; leave a moment for a late datagram
-        return [m for m in read_sipp_messages(log) if m.call_id.startswith(f"{tag}-")]
+    def callee_saw(self, log: Path, tag: str, *, until_received: str | None = None) -> list[SipMessage]:
+        """What a sipp callee logged for the calls tagged `tag` (sipp flushes each message as it logs it).
+
+        until_received="BYE": wait (bounded) until the callee has logged receiving that request; the caller's
+        sipp may finish before the callee's copy of the switch's BYE is logged. Without it (a check that the
+        callee saw nothing), leave a moment for a late datagram.
+        """
+        deadline = time.monotonic() + (DEADLINE_S if until_received else 0.3)
+        while True:
+            seen = [m for m in read_sipp_messages(log) if m.call_id.startswith(f"{tag}-")]
+            if until_received and any(not m.sent and m.first_line.startswith(until_received) for m in seen):
+                return seen
+            if time.monotonic() >= deadline:
+                return seen
+            time.sleep(0.1)
 
     # ---- Kamailio
 
@@ -420,7 +432,8 @@ def test_call_longer_than_its_credit_is_cut_by_the_switch_at_max_duration(stack:
     bye_at = next(m.at for m in received if m.first_line.startswith("BYE"))
     talked = (bye_at - answered_at).total_seconds()
     assert CUT_MAX_S - 1.1 <= talked <= CUT_MAX_S + 2, f"the call lasted {talked:.2f} s"
-    callee_got = [m.first_line.split()[0] for m in stack.callee_saw(stack.answer_log, "cut") if not m.sent]
+    callee_got = [m.first_line.split()[0] for m in stack.callee_saw(stack.answer_log, "cut", until_received="BYE")
+                  if not m.sent]
     assert callee_got == ["INVITE", "ACK", "BYE"]  # the switch hung up on the callee too
     [record] = stack.calls("cut")
     assert (record["disposition"], record["end_reason"], record["duration_s"]) == ("answered", "timeout", CUT_MAX_S)

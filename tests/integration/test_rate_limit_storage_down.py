@@ -3,12 +3,13 @@
 A limit store that is down must not take sign-in down with it (every request a 500), nor switch the limits
 off: the limiter counts in this process's memory until Redis answers again, says so once in the log, and
 sign-in, sign-up and reset keep their limits. Redis is "down" here the cheap way: a loopback port nobody
-listens on (connection refused at once).
+listens on (connection refused at once). This process keeps that port bound without listening, so no other
+process can start a server there while the tests run.
 """
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import logging
 import shutil
 import socket
@@ -23,13 +24,24 @@ from tests.integration.accounts_helpers import login, register
 
 
 def _dead_port() -> int:
+    """A loopback port that refuses connections for as long as this process lives: bound here, never listening.
+
+    (A port merely chosen and closed again at import could be taken by any server started during the minutes
+    before these tests run.)
+    """
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    atexit.register(held.close)
+    return int(held.getsockname()[1])
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # closed again on return: nothing listens there
+        return int(s.getsockname()[1])
 
 
 DEAD_REDIS = f"redis://127.0.0.1:{_dead_port()}/0"
-OWN_REDIS_PORT = _dead_port()
 
 
 @pytest.fixture(autouse=True)
@@ -80,24 +92,48 @@ def test_the_account_throttle_alone_falls_back_when_it_meets_the_dead_store_firs
 
 
 class _RedisServer:
-    """A redis-server of this test's own on a free loopback port, started and stopped by its pid."""
+    """A redis-server of this test's own on a loopback port, started and stopped by its pid."""
 
-    def __init__(self, tmp_path: Path, port: int) -> None:
-        self.port = port
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = 0
         self.dir = tmp_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def start(self, port: int | None = None) -> None:
+        """Start on `port`, or on a port free right now (another one if some other process takes it first).
+
+        Started means: the server answering on the port is this process (INFO's process_id), not merely that
+        something accepts connections there.
+        """
+        for _ in range(1 if port else 5):
+            self.port = port or _free_port()
+            self.proc = subprocess.Popen(
+                [shutil.which("redis-server") or "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+                 "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if self._answers():
+                return
+            self.stop()
+        raise AssertionError(f"redis-server did not start on 127.0.0.1:{self.port}")
+
+    def _answers(self) -> bool:
+        import redis
+
+        assert self.proc is not None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return
+            if self.proc.poll() is not None:
+                return False  # it could not bind the port
+            client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+            try:
+                if client.info("server")["process_id"] == self.proc.pid:
+                    return True
+            except redis.RedisError:
+                pass
+            finally:
+                client.close()
             time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
+        return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -116,14 +152,18 @@ class _RedisServer:
 
 @pytest.fixture
 def own_redis(tmp_path):
-    server = _RedisServer(tmp_path, OWN_REDIS_PORT)
-    server.start()
+    server = _RedisServer(tmp_path)
+    server.start()  # its port is chosen now, right before it is bound
     yield server
     server.stop()
 
 
-@pytest.mark.parametrize("settings_overrides", [{"redis_url": f"redis://127.0.0.1:{OWN_REDIS_PORT}/0",
-                                                 "login_ip_limit": "50 per minute"}])
+@pytest.fixture
+def settings_overrides(own_redis):
+    """The app of the test below (the only one here that does not parametrize its settings) uses its own Redis."""
+    return {"redis_url": f"redis://127.0.0.1:{own_redis.port}/0", "login_ip_limit": "50 per minute"}
+
+
 def test_the_limits_go_back_to_redis_once_it_answers_again(own_redis, client, monkeypatch):
     now = [time.time()]
     monkeypatch.setattr(time, "time", lambda: now[0])
@@ -136,7 +176,7 @@ def test_the_limits_go_back_to_redis_once_it_answers_again(own_redis, client, mo
     assert attempt() == 401 and limits.limiter._storage_dead  # noqa: SLF001 - Redis down: counted in memory
     now[0] += 1.5
     assert attempt() == 401 and limits.limiter._storage_dead  # noqa: SLF001 - looked again: still down
-    own_redis.start()  # an empty Redis (nothing saved), on the same port
+    own_redis.start(own_redis.port)  # an empty Redis (nothing saved), on the same port
     now[0] += 100  # past any back-off (at most 32 s): the next limited request looks again and finds it
     assert attempt() == 401
     assert not limits.limiter._storage_dead  # noqa: SLF001
