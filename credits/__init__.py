@@ -13,8 +13,6 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
     Nothing here starts a thread, a scheduler or a network client: the jobs process is `flask jobs run`.
     """
-    from flask_migrate import Migrate
-
     from credits import cli, config, db
     from credits import logging as logs
     from credits.web import errors, health, request_log
@@ -43,7 +41,7 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
     converters.register(app)  # before any route: `<int:...>` is a row id, bounded
     app.extensions["credits"] = {"config": settings, "db": database}
-    Migrate(directory=str(config.PROJECT_ROOT / "migrations")).init_app(app)
+    cli.register_migrate(app, str(config.PROJECT_ROOT / "migrations"))  # `flask db ...`; Alembic loaded for it only
     from credits.web.api import init_api
 
     init_api(app)

@@ -184,6 +184,70 @@ def keys_check() -> None:
     click.echo("every value decrypts")
 
 
+class LazyGroup(click.Group):
+    """A command group that stands for another one, loaded (`load()`) only when one of its commands runs.
+
+    `flask --help` lists it by its name and help alone; `flask NAME ...` (a command, `--help`, shell completion)
+    gets the loaded group's context, so the loaded group parses, runs and documents everything itself.
+    """
+
+    def __init__(self, name: str, load: Callable[[], click.Group], help: str) -> None:
+        super().__init__(name, help=help)
+        self._load = load
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        return self._load().make_context(info_name, args, parent=parent, **extra)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return self._load().list_commands(ctx)
+
+
+class _MigrateState:
+    """`app.extensions["migrate"]` until Flask-Migrate is loaded: the first attribute read loads it.
+
+    So `flask_migrate.upgrade()` and friends, called in an app context (the tests, scripts), find the extension
+    as if `Migrate().init_app(app)` had run in create_app.
+    """
+
+    def __init__(self, load: Callable[[], Any], directory: str) -> None:
+        self._load = load
+        self.directory = directory
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._load(), name)
+
+
+def register_migrate(app: Flask, directory: str) -> None:
+    """Flask-Migrate's `db` commands (`flask --app wsgi db upgrade`, ...), with Alembic imported only for them.
+
+    Importing Alembic (with Mako and every dialect's DDL module) costs about 0.3 s, and every other command and
+    the web app never need it. The first use of the `db` group or of `app.extensions["migrate"]` runs
+    `Migrate(directory=...).init_app(app)`, which puts the real extension state and `db` group in their place.
+    """
+
+    def load() -> Any:
+        state = app.extensions["migrate"]
+        if isinstance(state, _MigrateState):
+            from flask_migrate import Migrate
+
+            Migrate(directory=directory).init_app(app)
+            state = app.extensions["migrate"]
+        return state
+
+    def load_group() -> click.Group:
+        load()
+        group = app.cli.commands["db"]
+        assert isinstance(group, click.Group) and not isinstance(group, LazyGroup)
+        return group
+
+    app.extensions["migrate"] = _MigrateState(load, directory)
+    app.cli.add_command(LazyGroup("db", load_group, help="Perform database migrations."))
+
+
 GROUPS: list[click.Group] = [ledger_cli, accounts_cli, jobs_cli, audit_cli, keys_cli, demo_cli]
 EXTRA: list[Callable[[Flask], Any]] = []
 

@@ -19,9 +19,6 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from credits import config
 from credits.errors import ConfigError, CreditsError
 
@@ -102,6 +99,8 @@ def encrypt(plaintext: str | None, table: str, column: str, row_id: object) -> s
     """Encrypt `plaintext` for one cell; None stays None."""
     if plaintext is None:
         return None
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # imported when a value is first sealed
+
     ring = keyring()
     nonce = os.urandom(12)
     sealed = AESGCM(ring.keys[ring.primary]).encrypt(nonce, plaintext.encode(), associated_data(table, column, row_id))
@@ -127,6 +126,9 @@ def decrypt(ciphertext: str | None, table: str, column: str, row_id: object) -> 
         blob = base64.urlsafe_b64decode(b64)
     except (ValueError, binascii.Error) as exc:
         raise DecryptionError("malformed ciphertext") from exc
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     ring = keyring()
     if version != VERSION or key_id not in ring.keys:
         raise DecryptionError("ciphertext under an unknown key")

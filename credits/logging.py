@@ -20,8 +20,6 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import phonenumbers
-
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("credits_request_id", default=None)
 
 
@@ -78,6 +76,8 @@ PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "SG")
 
 
 def _phone_spans(text: str, regions: Iterable[str]) -> list[tuple[int, int]]:
+    import phonenumbers  # its metadata takes a while to import; most processes never log a phone number
+
     spans = [(m.start(), m.end()) for m in _INTL_PHONE.finditer(text)]
     for m in _DIGIT_RUN.finditer(text):
         # E.164 digits without their "+" (how switches often send caller ids).

@@ -11,6 +11,9 @@ from credits.db import Base, BigInt, UTCDateTime
 
 CALL_STATUSES = ("authorized", "completed", "abandoned")
 DISPOSITIONS = ("answered", "no_answer", "busy", "failed", "cancelled")
+#: Why an authorisation is refused (the switch API's `reason`); here, not in the service, so that the API schema
+#: names them without importing the charging code.
+REFUSALS = ("insufficient_credit", "unknown_caller", "no_rate", "account_frozen", "account_closed", "too_many_calls")
 
 
 class CallerNumber(Base):

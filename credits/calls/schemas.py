@@ -6,8 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates_schema
 
-from credits.calls.models import DISPOSITIONS
-from credits.calls.service import REFUSALS
+from credits.calls.models import DISPOSITIONS, REFUSALS
 
 NUMBER = validate.Regexp(r"^\+?[0-9]{1,20}$", error="a number is 1-20 digits with an optional leading +")
 CALL_ID = [validate.Length(min=1, max=128), validate.Regexp(r"^[\x20-\x7e]+$", error="printable characters only")]

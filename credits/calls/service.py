@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import phonenumbers
 from sqlalchemy import Row, Table, and_, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
@@ -41,7 +40,6 @@ PLANS: Table = RatePlan.__table__  # type: ignore[assignment]
 
 MAX_DURATION_INPUT_S = 86_400
 MAX_BATCH = 1000
-REFUSALS = ("insufficient_credit", "unknown_caller", "no_rate", "account_frozen", "account_closed", "too_many_calls")
 
 
 # ---------------------------------------------------------------- results
@@ -150,6 +148,8 @@ def e164(number: object, name: str = "caller") -> str:
 def normalise_caller_number(number: str, region: str | None = None) -> str:
     """Normalise a number a customer registers to E.164 with the phonenumbers library; ValidationError if
     it is not a possible number."""
+    import phonenumbers  # its metadata takes a while to import: only registering a number needs it
+
     try:
         parsed = phonenumbers.parse(number, region)
     except phonenumbers.NumberParseException as exc:

@@ -7,7 +7,8 @@
   gateway did not answer are sent again with their key; forgotten and removed cards are detached.
 - `report()` backs `flask --app wsgi payments reconcile-report`: every succeeded intent at the gateway
   against the purchases and lots here, listing each mismatch.
-- `check_grants` is a ledger audit check: every succeeded purchase granted exactly once.
+- `check_grants` is a ledger audit check (registered by credits.payments.jobs): every succeeded purchase granted
+  exactly once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from sqlalchemy import String, Table, cast, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from credits import clock, config, extensions, money
+from credits import clock, config, money
 from credits.db import unit_of_work
 from credits.ledger.models import JournalTransaction, Lot
 from credits.payments import cards, provider, refunds, service
@@ -203,7 +204,3 @@ def check_grants(session: Session) -> list[str]:
     ).all():
         problems.append(f"lot {lot_id} claims {reference} but that purchase does not name it")
     return problems
-
-
-def register() -> None:
-    extensions.register_audit_check(check_grants)
