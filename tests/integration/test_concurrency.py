@@ -62,6 +62,7 @@ class Sampler(threading.Thread):
         super().__init__(name="sampler", daemon=True)
         self.engine, self.wallet_id = engine, wallet_id
         self.stop = threading.Event()
+        self.reading = threading.Event()  # set once the first sample is in
         self.samples: list[tuple[int, int]] = []
         self.error: BaseException | None = None
 
@@ -74,8 +75,10 @@ class Sampler(threading.Thread):
                     ).one()
                     conn.commit()
                     self.samples.append((balance, held))
+                    self.reading.set()
         except BaseException as exc:  # noqa: BLE001
             self.error = exc
+            self.reading.set()
 
 
 def test_32_threads_on_one_wallet_exactly_ten_reservations_win(make, database):
@@ -101,6 +104,9 @@ def test_32_threads_on_one_wallet_exactly_ten_reservations_win(make, database):
     sampler = Sampler(sampler_engine, wallet_id)
     sampler.start()
     try:
+        # Its own connection may take a while on a busy host: the workers start once it reads, so it watches
+        # them rather than the wallet after they are done.
+        assert sampler.reading.wait(60), "the sampler never read the wallet"
         errors, _ = _run_threads(THREADS, worker)
     finally:
         sampler.stop.set()
