@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -217,12 +218,19 @@ def run_once(name: str) -> dict[str, Any]:
                 uow.commit()
 
 
+
+def _say(line: str) -> None:
+    """One line for the operator on stdout, written whole: jobs run on scheduler threads, and print() writes the
+    text and its newline separately, so two jobs finishing together could share a line."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
 def _scheduled(name: str) -> None:
     try:
         result = run_once(name)
-        print(f"{name}: {json.dumps(result)}", flush=True)  # noqa: T201 - the operator reads this
+        _say(f"{name}: {json.dumps(result)}")
     except LockBusy:
-        print(f"{name}: skipped, another jobs process is running it", flush=True)  # noqa: T201
+        _say(f"{name}: skipped, another jobs process is running it")
     except Exception:
         log.exception("job %s failed", name)
 
@@ -237,7 +245,7 @@ def run_forever(interval_override_s: int | None = None) -> None:
         every = interval_override_s or job.every_s
         scheduler.add_job(_scheduled, "interval", args=[job.name], seconds=every, id=job.name,
                           next_run_time=start, coalesce=True, max_instances=1, misfire_grace_time=every)
-    print(f"jobs: {', '.join(_JOBS)} (holder {holder_id()})", flush=True)  # noqa: T201
+    _say(f"jobs: {', '.join(_JOBS)} (holder {holder_id()})")
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
