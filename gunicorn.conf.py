@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 
 # Threads in a few processes: a request waits on PostgreSQL (a durable commit) most of its time, and a thread
-# waiting there holds no CPU. Two processes per core by default, eight threads each.
+# waiting there holds no CPU. One process per core by default (WEB_CONCURRENCY overrides), eight threads each.
 worker_class = "gthread"
-workers = int(os.environ.get("WEB_CONCURRENCY", 0)) or 2 * (os.cpu_count() or 1)
+workers = int(os.environ.get("WEB_CONCURRENCY", 0)) or (os.cpu_count() or 1)
 threads = 8
 
 # One listening socket per worker (SO_REUSEPORT): the kernel spreads new connections over the workers evenly by
