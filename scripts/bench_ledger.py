@@ -388,11 +388,10 @@ def count_round_trips(engine: sa.Engine, op: Callable[[int], object], n: int) ->
                 if side == "F":
                     sent.append((message, text.strip()))
                 elif message == "ReadyForQuery" and sent:
-                    first, text0 = sent[0]
                     kinds = {m for m, _ in sent}
-                    if first == "Query" and text0 in TRANSACTION_CONTROL:
+                    if any(m == "Query" and t in TRANSACTION_CONTROL for m, t in sent):
                         kind = "control"
-                    elif "SELECT 1" in text0 and len(text0) < 20:
+                    elif any(m in ("Query", "Parse") and "SELECT 1" in t and len(t) < 20 for m, t in sent):
                         kind = "ping"
                     elif "Parse" in kinds and "Execute" not in kinds:
                         kind = "prepare"
