@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from flask import Flask
 from flask.sessions import SecureCookieSessionInterface
 
 
-def create_app(cfg: Any = None, **overrides: Any) -> Flask:
-    """Build the Flask app: settings (validated), database, error mapping, blueprints, CLI.
+def create_app(cfg: Any = None, *, defer_web: bool = False, **overrides: Any) -> Flask:
+    """Build the Flask app: settings (validated), database, models, CLI and jobs; then its web side: the API,
+    pages, request hooks, error mapping and WSGI layers.
+
+    With `defer_web` (what `flask --app wsgi COMMAND` gets: wsgi.py) the web side is built on its first use
+    instead (_DeferredWebApp): serving a request, a test client or request context, reading the app's
+    url_map, view_functions or blueprints, its Jinja environment (templates), or the `openapi` commands. An
+    operator command that never touches HTTP then starts without importing it, and one that does sees the
+    same app.
 
     Nothing here starts a thread, a scheduler or a network client: the jobs process is `flask jobs run`.
     """
     from credits import cli, config, db
     from credits import logging as logs
-    from credits.web import errors, health, request_log
 
     settings = cfg if cfg is not None else config.Config.from_env(**overrides)
     config.install(settings)
@@ -25,8 +34,11 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
         Path(settings.database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     database = db.configure(settings.sqlalchemy_url())
+    # Every model: an ORM flush resolves its table's foreign keys, which may name another feature's table.
+    from credits import models as _models  # noqa: F401
 
-    app = Flask(__name__, template_folder=str(config.PROJECT_ROOT / "templates"))
+    app_class = _DeferredWebApp if defer_web else Flask
+    app = app_class(__name__, template_folder=str(config.PROJECT_ROOT / "templates"))
     from credits.web.json_body import JSONProvider
 
     app.json = JSONProvider(app)  # request bodies the decoder cannot take are a 400 (credits.web.json_body)
@@ -42,13 +54,30 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
     converters.register(app)  # before any route: `<int:...>` is a row id, bounded
     app.extensions["credits"] = {"config": settings, "db": database}
     cli.register_migrate(app, str(config.PROJECT_ROOT / "migrations"))  # `flask db ...`; Alembic loaded for it only
+    from credits.payments.cli import payments_cli
+
+    app.cli.add_command(payments_cli)
+    cli.register(app)
+    # Feature job modules add their jobs to the table (credits.jobs.register) when imported; `jobs list` shows
+    # them in that order.
+    for feature_jobs in ("credits.payments.jobs", "credits.notify.jobs"):  # payments: also its ledger audit check
+        importlib.import_module(feature_jobs)
+
+    if isinstance(app, _DeferredWebApp):
+        app.defer_web(lambda: _build_web(app, settings))
+    else:
+        _build_web(app, settings)
+    return app
+
+
+def _build_web(app: Flask, settings: Any) -> None:
+    """The web side of the app: API, pages, webhooks, request hooks (in this order), error mapping, WSGI layers."""
+    from credits.web import errors, health, request_log
     from credits.web.api import init_api
 
     init_api(app)
     errors.register(app)  # after the Api, so that our problem+json handlers win
     from credits.payments import api as payments_api
-    from credits.payments import jobs as _payments_jobs  # noqa: F401 - registers its jobs
-    from credits.payments.cli import payments_cli
     from credits.web import card_guard
 
     card_guard.register(app)  # first before_request hook: card numbers are refused before anything sees them
@@ -56,7 +85,6 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
 
     text_guard.register(app)  # second: NUL and unpaired surrogates, which no field can hold
     app.register_blueprint(payments_api.hooks)
-    app.cli.add_command(payments_cli)
     from credits.web import headers, limits
 
     headers.register(app, settings)
@@ -80,10 +108,130 @@ def create_app(cfg: Any = None, **overrides: Any) -> Flask:
     from credits.store.views import bp as store_pages
 
     app.register_blueprint(store_pages)
-    cli.register(app)
-    # Feature job modules add their jobs to the table (credits.jobs.register) when imported.
-    from credits.notify import jobs as _notify_jobs  # noqa: F401
-    return app
+
+
+#: Help of flask-smorest's `openapi` command group, which the deferred app lists before the API is built.
+OPENAPI_HELP = "OpenAPI commands."
+
+
+class _DeferredWebApp(Flask):
+    """A Flask app whose web side (`defer_web(build)`) is built the first time anything needs it.
+
+    Everything that serves or inspects HTTP goes through one of: `wsgi_app` (a request from any server or
+    test client), `request_context`/`test_request_context`/`test_client`, `url_map`, `view_functions`,
+    `blueprints` (routes, url_for, `flask routes`, the payment-page monitor), `jinja_env` (templates and the
+    pages' template filters), the `openapi` command group. Each builds the web side first (once; other threads
+    wait for it), so the app then is what create_app builds without `defer_web`.
+    """
+
+    _web_build: Callable[[], None] | None = None
+    _web_building = False
+    _web_failed: BaseException | None = None
+
+    def defer_web(self, build: Callable[[], None]) -> None:
+        from credits.cli import LazyGroup
+
+        self._web_lock = threading.RLock()
+        self._web_build = build
+
+        def openapi_group() -> Any:
+            self.build_web()
+            return self.cli.commands["openapi"]
+
+        self.cli.add_command(LazyGroup("openapi", openapi_group, help=OPENAPI_HELP))
+
+    @property
+    def web_deferred(self) -> bool:
+        """True until the web side is built."""
+        return self._web_build is not None
+
+    def build_web(self) -> None:
+        """Build the web side now, if it is not built yet. If building it failed, every later use fails too (as
+        create_app would have), rather than serve a half-built app."""
+        if self._web_build is None and self._web_failed is None:
+            return
+        with self._web_lock:
+            if self._web_failed is not None:
+                raise RuntimeError("building the app's web side failed") from self._web_failed
+            build = self._web_build
+            if build is None or self._web_building:  # built meanwhile, or being built by this very thread
+                return
+            self._web_building = True
+            try:
+                build()
+            except BaseException as exc:
+                self._web_failed = exc
+                raise
+            finally:
+                self._web_building = False
+                self._web_build = None
+
+    # Flask sets these three in __init__ and reads them on every request; here the first read builds the rest.
+    @property
+    def url_map(self) -> Any:
+        self.build_web()
+        return self.__dict__["_url_map"]
+
+    @url_map.setter
+    def url_map(self, value: Any) -> None:
+        self.__dict__["_url_map"] = value
+
+    @property
+    def view_functions(self) -> Any:
+        self.build_web()
+        return self.__dict__["_view_functions"]
+
+    @view_functions.setter
+    def view_functions(self, value: Any) -> None:
+        self.__dict__["_view_functions"] = value
+
+    @property
+    def blueprints(self) -> Any:
+        self.build_web()
+        return self.__dict__["_blueprints"]
+
+    @blueprints.setter
+    def blueprints(self, value: Any) -> None:
+        self.__dict__["_blueprints"] = value
+
+    # Every request goes through it (Flask's __call__ reads it); the web side wraps it (switch lane, ProxyFix).
+    @property
+    def wsgi_app(self) -> Any:
+        self.build_web()
+        return self.__dict__.get("_wsgi_app") or super().wsgi_app
+
+    @wsgi_app.setter
+    def wsgi_app(self, value: Any) -> None:
+        self.__dict__["_wsgi_app"] = value
+
+    def request_context(self, environ: Any) -> Any:
+        self.build_web()
+        return super().request_context(environ)
+
+    def test_request_context(self, *args: Any, **kwargs: Any) -> Any:
+        self.build_web()
+        return super().test_request_context(*args, **kwargs)
+
+    def test_client(self, use_cookies: bool = True, **kwargs: Any) -> Any:
+        self.build_web()
+        return super().test_client(use_cookies, **kwargs)
+
+    def create_jinja_environment(self) -> Any:
+        self.build_web()  # the pages' template filters; registering them makes the environment
+        made = self.__dict__.get("jinja_env")  # (Flask's cached_property keeps it there)
+        return made if made is not None else super().create_jinja_environment()
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.config["DEBUG"])
+
+    @debug.setter
+    def debug(self, value: bool) -> None:
+        # Flask's setter, but it leaves a Jinja environment not made yet alone (Flask's CLI sets debug for every
+        # command; making the environment builds the web side): one made later follows DEBUG as this would have.
+        self.config["DEBUG"] = value
+        if self.config["TEMPLATES_AUTO_RELOAD"] is None and "jinja_env" in self.__dict__:
+            self.jinja_env.auto_reload = value
 
 
 class _SignedCookieSessionOnDemand(SecureCookieSessionInterface):

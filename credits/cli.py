@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -232,8 +233,15 @@ def register_migrate(app: Flask, directory: str) -> None:
     def load() -> Any:
         state = app.extensions["migrate"]
         if isinstance(state, _MigrateState):
-            from flask_migrate import Migrate
-
+            # Importing Alembic logs each of its built-in plugins at INFO. Imported by create_app before logging
+            # was configured, it said nothing; neither does it now.
+            plugins_log = logging.getLogger("alembic.runtime.plugins")
+            level = plugins_log.level
+            plugins_log.setLevel(logging.WARNING)
+            try:
+                from flask_migrate import Migrate
+            finally:
+                plugins_log.setLevel(level)
             Migrate(directory=directory).init_app(app)
             state = app.extensions["migrate"]
         return state
