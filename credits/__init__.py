@@ -114,6 +114,23 @@ def _build_web(app: Flask, settings: Any) -> None:
 OPENAPI_HELP = "OpenAPI commands."
 
 
+class _BuiltOnRead:
+    """An attribute of a _DeferredWebApp that Flask assigns in __init__: set as usual, but reading it builds the
+    web side first (the routes and blueprints it holds are registered there)."""
+
+    def __init__(self, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, app: Any, owner: type | None = None) -> Any:
+        if app is None:
+            return self
+        app.build_web()
+        return app.__dict__[self.slot]
+
+    def __set__(self, app: Any, value: Any) -> None:
+        app.__dict__[self.slot] = value
+
+
 class _DeferredWebApp(Flask):
     """A Flask app whose web side (`defer_web(build)`) is built the first time anything needs it.
 
@@ -167,32 +184,9 @@ class _DeferredWebApp(Flask):
                 self._web_build = None
 
     # Flask sets these three in __init__ and reads them on every request; here the first read builds the rest.
-    @property
-    def url_map(self) -> Any:
-        self.build_web()
-        return self.__dict__["_url_map"]
-
-    @url_map.setter
-    def url_map(self, value: Any) -> None:
-        self.__dict__["_url_map"] = value
-
-    @property
-    def view_functions(self) -> Any:
-        self.build_web()
-        return self.__dict__["_view_functions"]
-
-    @view_functions.setter
-    def view_functions(self, value: Any) -> None:
-        self.__dict__["_view_functions"] = value
-
-    @property
-    def blueprints(self) -> Any:
-        self.build_web()
-        return self.__dict__["_blueprints"]
-
-    @blueprints.setter
-    def blueprints(self, value: Any) -> None:
-        self.__dict__["_blueprints"] = value
+    url_map = _BuiltOnRead("url_map")
+    view_functions = _BuiltOnRead("view_functions")
+    blueprints = _BuiltOnRead("blueprints")
 
     # Every request goes through it (Flask's __call__ reads it); the web side wraps it (switch lane, ProxyFix).
     @property
